@@ -410,6 +410,7 @@ class MemoryBreakdown(StrictModel):
     encoder_cache: int = Field(default=0, ge=0)
     cuda_graphs: int = Field(default=0, ge=0)
     runtime: int = Field(default=0, ge=0, description="CUDA context and non-torch allocations.")
+    lora: int = Field(default=0, ge=0, description="Preallocated LoRA slots.")
     total: int = Field(default=0, ge=0)
 
 

@@ -1,0 +1,165 @@
+"""Performance model of one replica: prefill, decode step, TPOT, TTFT with queueing.
+
+Analytic (datasheet bandwidth/FLOP/s times efficiencies) unless a measured `Profile` for the same
+model and accelerator is given. Times are seconds.
+
+- Prefill = max(FLOPs / (eta_compute x peak), weight bytes / (eta_memory x bandwidth)) + step overhead,
+  with the vision encoder's FLOPs over the image tokens included.
+- Decode step at batch b = max(weights read + b x KV read over eta_memory x bandwidth,
+  b tokens of FLOPs over eta_compute x peak) + step overhead (+ all-reduces under tensor parallelism).
+- TPOT at batch b = step(b) + b x prefill / output tokens: with chunked prefill every arriving
+  request's prefill shares a step with the running decodes; b/n of them arrive per step.
+- TTFT p95 = queue wait p95 + prefill of the p95 prompt + one decode step. Requests wait for the
+  prefill "server" of their replica: an M/M/1 queue at utilisation rho = lambda x prefill, where the
+  closed loop gives lambda = batch / end-to-end time; p95 wait = prefill / (1 - rho) x ln(rho / 0.05).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from paliserve.spec import Architecture
+
+from .catalog import Accelerator
+from .memory import (
+    PROMPT_FRAMING_TOKENS,
+    decode_read_bytes,
+    kv_bytes_for_request,
+    param_counts,
+    weight_bytes,
+)
+from .profile import Profile
+
+ALLREDUCE_LATENCY_S = 20e-6
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    memory: float
+    compute: float
+    step_overhead_s: float
+
+    @classmethod
+    def datasheet(cls, device: str) -> Efficiency:
+        if device == "cpu":
+            return cls(memory=0.5, compute=0.3, step_overhead_s=0.0015)
+        return cls(memory=0.75, compute=0.5, step_overhead_s=0.002)
+
+    def describe(self) -> str:
+        return (
+            f"datasheet efficiencies: {self.memory:.0%} of bandwidth, {self.compute:.0%} of peak "
+            f"FLOP/s, {self.step_overhead_s * 1e3:g} ms per step"
+        )
+
+
+@dataclass(frozen=True)
+class Load:
+    """The request mix one deployment carries (concurrency-weighted means over its tenants)."""
+
+    image_tokens: int
+    prompt_mean: float
+    output_mean: float
+
+    @property
+    def tokens_mean(self) -> float:
+        """Tokens a request holds when it finishes."""
+        return self.image_tokens + PROMPT_FRAMING_TOKENS + self.prompt_mean + self.output_mean
+
+    @property
+    def context_mean(self) -> float:
+        """Average sequence length over a request's decode steps."""
+        return self.image_tokens + PROMPT_FRAMING_TOKENS + self.prompt_mean + self.output_mean / 2
+
+
+@dataclass(frozen=True)
+class ReplicaPerformance:
+    arch: Architecture
+    dtype: str
+    dtype_bytes: int
+    quantization: str
+    accelerator: Accelerator
+    share: float  # fraction of each device this replica gets
+    tp: int
+    efficiency: Efficiency
+    block_size: int = 16
+    profile: Profile | None = None
+
+    # --- hardware as this replica sees it ----------------------------------------------
+    @property
+    def bandwidth(self) -> float:
+        return self.accelerator.bandwidth_bytes_s * self.share * self.tp * self.efficiency.memory
+
+    @property
+    def flops(self) -> float:
+        return self.accelerator.flops * self.share * self.tp * self.efficiency.compute
+
+    @property
+    def comm_s(self) -> float:
+        return 2 * self.arch.text.num_layers * ALLREDUCE_LATENCY_S if self.tp > 1 else 0.0
+
+    # --- prefill -------------------------------------------------------------------------
+    def vision_flops(self) -> float:
+        counts = param_counts(self.arch)
+        v = self.arch.vision
+        n = v.image_tokens
+        return 2 * (counts.vision + counts.projector) * n + 4 * n * n * v.hidden_size * v.num_layers
+
+    def text_prefill_flops(self, text_tokens: float) -> float:
+        t = self.arch.text
+        n = self.arch.vision.image_tokens + PROMPT_FRAMING_TOKENS + text_tokens
+        linear = 2 * param_counts(self.arch).text_linear * n
+        attention = 2 * n * n * t.num_heads * t.head_dim * t.num_layers  # causal half of 4 n^2 d
+        lm_head = 2 * t.vocab_size * t.hidden_size
+        return linear + attention + lm_head
+
+    def vision_s(self) -> float:
+        if self.profile is not None:
+            return 0.0  # measured inside prefill
+        return self.vision_flops() / self.flops
+
+    def prefill_s(self, text_tokens: float) -> float:
+        """Vision encoder + prefill of one request with `text_tokens` prompt tokens."""
+        if self.profile is not None:
+            return self.profile.prefill_seconds(text_tokens) / self.share
+        compute = (self.vision_flops() + self.text_prefill_flops(text_tokens)) / self.flops
+        memory = weight_bytes(self.arch, self.dtype, self.quantization) / self.bandwidth
+        return max(compute, memory) + self.efficiency.step_overhead_s + self.comm_s
+
+    # --- decode --------------------------------------------------------------------------
+    def step_s(self, batch: float, context_tokens: float) -> float:
+        if self.profile is not None:
+            return self.profile.decode_step_seconds(batch) / self.share
+        kv = kv_bytes_for_request(self.arch.text, context_tokens, self.dtype_bytes, self.block_size, self.tp)
+        reads = decode_read_bytes(self.arch, self.dtype, self.quantization) / self.tp + batch * kv
+        memory = reads * self.tp / self.bandwidth  # each rank reads its share at its bandwidth
+        compute = 2 * param_counts(self.arch).text_linear * batch / self.flops
+        return max(memory, compute) + self.efficiency.step_overhead_s + self.comm_s
+
+    def tpot_s(self, batch: float, load: Load) -> float:
+        prefill_per_step = batch * self.prefill_s(load.prompt_mean) / max(load.output_mean, 1.0)
+        return self.step_s(batch, load.context_mean) + prefill_per_step
+
+    def e2e_s(self, batch: float, load: Load) -> float:
+        return self.prefill_s(load.prompt_mean) + max(load.output_mean - 1, 0) * self.tpot_s(batch, load)
+
+    def tokens_per_s(self, batch: float, load: Load) -> float:
+        return batch / self.tpot_s(batch, load)
+
+    def requests_per_s(self, batch: float, load: Load) -> float:
+        return batch / self.e2e_s(batch, load)
+
+    # --- TTFT ----------------------------------------------------------------------------
+    def queue_wait_p95_s(self, batch: float, load: Load) -> float:
+        service = self.prefill_s(load.prompt_mean)
+        rho = self.requests_per_s(batch, load) * service
+        if rho >= 1:
+            return math.inf
+        return service / (1 - rho) * math.log(rho / 0.05) if rho > 0.05 else 0.0
+
+    def ttft_p95_s(self, batch: float, load: Load, prompt_p95: float) -> float:
+        return (
+            self.queue_wait_p95_s(batch, load)
+            + self.prefill_s(prompt_p95)
+            + self.step_s(batch, load.context_mean)
+        )
