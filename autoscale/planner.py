@@ -140,20 +140,33 @@ def _catalog_alternative(demand: Demand, spec: ClusterSpec, exclude: set[str]) -
 
 
 def _assign(needs: list[Demand], ranked: dict[str, list[Sizing]], pool: dict[str, Accelerator]) -> dict[str, Sizing]:
-    """Largest deployments first, each to its best-ranked accelerator kind that still has room."""
+    """Largest deployments first, each to the accelerator kind with room that adds the least
+    (whole devices, priced when the pool has prices); ties go to the better-ranked kind."""
     chosen: dict[str, Sizing] = {}
     order = sorted(needs, key=lambda d: -ranked[d.model.name][0].device_equivalents)
     for demand in order:
         name = demand.model.name
+        before = _footprint(chosen, pool)
+        best, best_added = None, None
         for sizing in ranked[name]:
             trial = chosen | {name: sizing}
             _, per_type = _layout(trial, pool, initial=False)
-            if per_type[sizing.accelerator.name] <= sizing.accelerator.count:
-                chosen[name] = sizing
-                break
-        else:
+            if per_type[sizing.accelerator.name] > sizing.accelerator.count:
+                continue
+            added = _footprint(trial, pool) - before
+            if best_added is None or added < best_added - 1e-9:
+                best, best_added = sizing, added
+        if best is None:
             raise _pool_too_small(demand, ranked[name][0], chosen, pool)
+        chosen[name] = best
     return chosen
+
+
+def _footprint(chosen: dict[str, Sizing], pool: dict[str, Accelerator]) -> float:
+    """$/h of the whole devices the deployments occupy, or their count when the pool has no prices."""
+    _, per_type = _layout(chosen, pool, initial=False)
+    priced = all(a.cost_per_hour is not None for a in pool.values())
+    return sum(n * (pool[name].cost_per_hour if priced else 1.0) for name, n in per_type.items())
 
 
 def _pool_too_small(demand: Demand, best: Sizing, chosen: dict[str, Sizing], pool) -> InfeasiblePlan:
@@ -325,13 +338,13 @@ def _plan_reasons(needs, chosen, ranked, profiles) -> list[str]:
     for demand in needs:
         s = chosen[demand.model.name]
         others = [r for r in ranked[demand.model.name] if r is not s]
-        why = f"{demand.model.name} on {s.accelerator.name}: {s.device_equivalents:g} devices at peak"
+        why = f"{demand.model.name} on {s.accelerator.name}: {s.device_equivalents:g} device(s) at peak"
         if s.accelerator.cost_per_hour is not None:
             why += f", ${s.device_equivalents * s.accelerator.cost_per_hour:.2f}/h"
         if others:
             why += "; alternatives: " + ", ".join(f"{o.accelerator.name} {o.device_equivalents:g}" for o in others)
         if s is not ranked[demand.model.name][0]:
-            why += f" ({ranked[demand.model.name][0].accelerator.name} is full)"
+            why += " (least added to the devices already in use, or the better kind is full)"
         reasons.append(why)
         if not any(t.slo for t in demand.tenants):
             reasons.append(f"{demand.model.name}: no tenant workload targets it; one replica for allowed callers")

@@ -28,6 +28,7 @@ from .memory import (
     round_up,
     weight_bytes,
 )
+from .units import human_bytes
 from .performance import Efficiency, Load, ReplicaPerformance
 from .profile import Profile
 
@@ -190,12 +191,12 @@ def size_deployment(
         total = fixed.total + kv_bytes
         utilization = max(CPU_MIN_UTILIZATION, math.ceil(total / accel.memory_bytes * 20) / 20)
         reasons["env.VLLM_CPU_KVCACHE_SPACE"] = (
-            f"{batch} requests x {kv_request / 2**20:.1f} MiB KV (mean {load.tokens_mean:.0f} tokens), "
+            f"{batch} requests x {human_bytes(kv_request)} KV (mean {load.tokens_mean:.0f} tokens), "
             f"rounded up to whole GiB: {kv_gib} GiB"
         )
         reasons["engine_args.gpu_memory_utilization"] = (
-            f"on CPU a share of RAM: weights, activations and KV take {total / GIB:.2f} GiB of "
-            f"{accel.memory_bytes / GIB:.0f} GiB; at least {CPU_MIN_UTILIZATION} (vLLM-CPU's default 0.92 fails)"
+            f"on CPU a share of RAM: weights, activations and KV take {human_bytes(total)} of "
+            f"{human_bytes(accel.memory_bytes)}; at least {CPU_MIN_UTILIZATION} (vLLM-CPU's default 0.92 fails)"
         )
     else:
         kv_gib = None
@@ -246,8 +247,8 @@ def _choose_tp(demand, accel, options, dtype, batched, cap, loras, rank, max_mod
     for tp in sizes:
         if tp <= accel.per_node and need(tp) <= limit:
             reasons["engine_args.tensor_parallel_size"] = (
-                f"{need(tp) / GB:.1f} GB per device (weights {_fixed_bytes(demand, accel, dtype, tp, batched, cap, loras, rank).weights / GB:.1f} GB "
-                f"+ overheads + one {max_model_len}-token request) fits {limit / GB:.1f} GB of one {accel.name}"
+                f"{human_bytes(need(tp))} per device (weights {human_bytes(_fixed_bytes(demand, accel, dtype, tp, batched, cap, loras, rank).weights)} "
+                f"+ overheads + one {max_model_len}-token request) fits {human_bytes(limit)} of one {accel.name}"
                 + (f" only when split {tp} ways" if tp > 1 else "")
             )
             return tp
@@ -348,7 +349,7 @@ def _explain(reasons, demand, accel, dtype, tp, share, batch, batch_limit, bound
         f"({demand.arch.vision.image_size}/{demand.arch.vision.patch_size})^2 = {demand.image_tokens}"
     )
     reasons["weights_bytes"] = (
-        f"{weights / GB:.2f} GB: decoder, SigLIP tower and projector in {dtype}"
+        f"{human_bytes(weights)}: decoder, SigLIP tower and projector in {dtype}"
         + (f", decoder linear layers {demand.model.quantization}" if demand.model.quantization != "none" else "")
     )
     reasons["kv_cache.bytes_per_token"] = (
@@ -358,7 +359,7 @@ def _explain(reasons, demand, accel, dtype, tp, share, batch, batch_limit, bound
            if t.sliding_window else "")
     )
     reasons["kv_cache.tokens_per_replica"] = (
-        f"{kv.bytes_per_replica / GB:.2f} GB of KV cache / {per_token} bytes per token = {kv.tokens_per_replica} tokens "
+        f"{human_bytes(kv.bytes_per_replica)} of KV cache / {per_token} bytes per token = {kv.tokens_per_replica} tokens "
         f"({kv.blocks_per_replica} blocks of {kv.block_size})"
     )
     reasons["kv_cache.tokens_per_request"] = (

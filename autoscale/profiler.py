@@ -1,0 +1,150 @@
+"""Measure a vLLM engine on the hardware at hand and build a `Profile` for the planner.
+
+Runs vLLM's AsyncLLM in-process (no serve runtime): prefill points are the time to the first token
+of one request (image + n prompt tokens) at batch 1; decode points are the mean gap between tokens
+when b requests generate together. Medians over `repeats`.
+
+Run as `paliserve profile ...` or `python -m autoscale.profiler ...` (the engine spawns processes,
+so start it from a `__main__` guard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .profile import DecodePoint, PrefillPoint, Profile
+
+CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+FILLER_WORD = "the cat "
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    checkpoint: str
+    model: str
+    accelerator: str = "cpu"
+    prompt_tokens: tuple[int, ...] = (4, 32, 128, 512)
+    batches: tuple[int, ...] = (1, 2, 4, 8, 16)
+    decode_tokens: int = 32
+    repeats: int = 3
+    dtype: str | None = None
+    gpu_memory_utilization: float | None = None
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.accelerator.lower() == "cpu"
+
+
+def measure_profile(settings: ProfileSettings) -> Profile:
+    if settings.on_cpu:
+        for key, value in CPU_DEFAULT_ENV.items():
+            os.environ.setdefault(key, value)
+    return asyncio.run(_measure(settings))
+
+
+def _engine_args(settings: ProfileSettings):
+    from vllm import AsyncEngineArgs
+
+    longest = max(settings.prompt_tokens) + settings.decode_tokens
+    return AsyncEngineArgs(
+        model=settings.checkpoint,
+        dtype=settings.dtype or ("float32" if settings.on_cpu else "auto"),
+        enforce_eager=settings.on_cpu,
+        gpu_memory_utilization=settings.gpu_memory_utilization or (0.3 if settings.on_cpu else 0.9),
+        max_num_seqs=max(settings.batches),
+        max_model_len=max(2048, longest + 4200),  # room for up to 4096 image tokens
+        seed=0,
+    )
+
+
+def _image(size: int):
+    from PIL import Image
+
+    return Image.effect_noise((size, size), 64).convert("RGB")
+
+
+def _prompt_of(tokenizer, tokens: int) -> str:
+    """A text prompt of at least `tokens` tokens (the tokenizer decides the exact split)."""
+    text = "caption en"
+    while len(tokenizer.encode(text, add_special_tokens=False)) < tokens:
+        text += " " + FILLER_WORD.strip()
+    return text
+
+
+async def _measure(settings: ProfileSettings) -> Profile:
+    from vllm import SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    engine = AsyncLLM.from_engine_args(_engine_args(settings))
+    try:
+        tokenizer = engine.get_tokenizer()
+        config = engine.model_config.hf_config
+        vision = config.vision_config
+        image = _image(vision.image_size)
+        image_tokens = (vision.image_size // vision.patch_size) ** 2
+
+        async def run(prompt: str, max_tokens: int) -> list[float]:
+            """Arrival time of each streamed output."""
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+            stamps = []
+            request = {"prompt": prompt, "multi_modal_data": {"image": image}}
+            async for _ in engine.generate(request, params, request_id=uuid.uuid4().hex):
+                stamps.append(time.perf_counter())
+            return stamps
+
+        await run("caption en", 2)  # warm-up
+
+        prefill = []
+        for tokens in settings.prompt_tokens:
+            prompt = _prompt_of(tokenizer, tokens)
+            actual = len(tokenizer.encode(prompt, add_special_tokens=False))
+            samples = []
+            for _ in range(settings.repeats):
+                start = time.perf_counter()
+                stamps = await run(prompt, 1)
+                samples.append(stamps[0] - start)
+            prefill.append(PrefillPoint(text_tokens=actual, seconds=statistics.median(samples)))
+
+        decode = []
+        short = _prompt_of(tokenizer, 4)
+        for batch in settings.batches:
+            samples = []
+            for _ in range(settings.repeats):
+                runs = await asyncio.gather(*(run(short, settings.decode_tokens) for _ in range(batch)))
+                gaps = [(s[-1] - s[0]) / (len(s) - 1) for s in runs if len(s) > 1]
+                samples.append(statistics.median(gaps))
+            decode.append(DecodePoint(batch=batch, step_seconds=statistics.median(samples)))
+    finally:
+        engine.shutdown()
+
+    return Profile(
+        model=settings.model,
+        checkpoint=settings.checkpoint,
+        accelerator=settings.accelerator,
+        dtype=str(_engine_args(settings).dtype),
+        image_tokens=image_tokens,
+        context_tokens=image_tokens + 6 + settings.decode_tokens // 2,
+        prefill=prefill,
+        decode=decode,
+        measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        notes=f"medians of {settings.repeats}; host {os.uname().nodename}",
+    )
+
+
+def main() -> None:
+    import typer
+
+    from .cli import profile_command
+
+    typer.run(profile_command)
+
+
+if __name__ == "__main__":
+    main()
