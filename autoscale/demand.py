@@ -53,7 +53,20 @@ class Demand:
             image_tokens=self.image_tokens,
             prompt_mean=sum(t.prompt.mean * t.concurrency for t in self.tenants) / total,
             output_mean=sum(t.output.mean * t.concurrency for t in self.tenants) / total,
+            arrivals_per_request_s=sum(self.arrival_rate(t) for t in self.tenants) / total,
         )
+
+    @staticmethod
+    def arrival_rate(tenant: TenantLoad) -> float:
+        """Requests/s a tenant sends: its request_rate, else its concurrency over the longest
+        request its SLOs allow (TTFT + (mean output - 1) x TPOT). Independent of the hardware, so a
+        faster GPU is never charged with more arrivals."""
+        if tenant.request_rate:
+            return tenant.request_rate
+        if tenant.slo is None:
+            return 0.0
+        longest = tenant.slo.ttft_p95_ms / 1e3 + max(tenant.output.mean - 1, 0) * tenant.slo.tpot_p95_ms / 1e3
+        return tenant.concurrency / longest
 
     def request_tokens_p95(self, tenant: TenantLoad) -> int:
         return math.ceil(self.image_tokens + PROMPT_FRAMING_TOKENS + tenant.prompt.p95 + tenant.output.p95)

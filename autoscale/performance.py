@@ -10,8 +10,10 @@ model and accelerator is given. Times are seconds.
 - TPOT at batch b = step(b) + b x prefill / output tokens: with chunked prefill every arriving
   request's prefill shares a step with the running decodes; b/n of them arrive per step.
 - TTFT p95 = queue wait p95 + prefill of the p95 prompt + one decode step. Requests wait for the
-  prefill "server" of their replica: an M/M/1 queue at utilisation rho = lambda x prefill, where the
-  closed loop gives lambda = batch / end-to-end time; p95 wait = prefill / (1 - rho) x ln(rho / 0.05).
+  prefill "server" of their replica: an M/M/1 queue at utilisation rho = lambda x prefill, with
+  lambda = batch x the load's arrivals per request in flight (hardware-independent, see demand.py);
+  p95 wait = prefill / (1 - rho) x ln(rho / 0.05), at most (batch - 1) prefills (only the other
+  requests in flight can be ahead).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Load:
     image_tokens: int
     prompt_mean: float
     output_mean: float
+    arrivals_per_request_s: float = 0.0  # request rate per request in flight (see demand.py)
 
     @property
     def tokens_mean(self) -> float:
@@ -152,10 +155,12 @@ class ReplicaPerformance:
     # --- TTFT ----------------------------------------------------------------------------
     def queue_wait_p95_s(self, batch: float, load: Load) -> float:
         service = self.prefill_s(load.prompt_mean)
-        rho = self.requests_per_s(batch, load) * service
+        ahead = max(batch - 1, 0) * service  # closed loop: at most the other requests are ahead
+        rho = batch * load.arrivals_per_request_s * service
         if rho >= 1:
-            return math.inf
-        return service / (1 - rho) * math.log(rho / 0.05) if rho > 0.05 else 0.0
+            return ahead
+        queue = service / (1 - rho) * math.log(rho / 0.05) if rho > 0.05 else 0.0
+        return min(queue, ahead)
 
     def ttft_p95_s(self, batch: float, load: Load, prompt_p95: float) -> float:
         return (
