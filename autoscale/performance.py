@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from paliserve.spec import Architecture
 
@@ -88,6 +89,19 @@ class ReplicaPerformance:
     block_size: int = 16
     profile: Profile | None = None
 
+    # --- fixed quantities, computed once ------------------------------------------------
+    @cached_property
+    def params(self):
+        return param_counts(self.arch)
+
+    @cached_property
+    def weights(self) -> int:
+        return weight_bytes(self.arch, self.dtype, self.quantization)
+
+    @cached_property
+    def decode_reads(self) -> int:
+        return decode_read_bytes(self.arch, self.dtype, self.quantization)
+
     # --- hardware as this replica sees it ----------------------------------------------
     @property
     def bandwidth(self) -> float:
@@ -103,7 +117,7 @@ class ReplicaPerformance:
 
     # --- prefill -------------------------------------------------------------------------
     def vision_flops(self) -> float:
-        counts = param_counts(self.arch)
+        counts = self.params
         v = self.arch.vision
         n = v.image_tokens
         return 2 * (counts.vision + counts.projector) * n + 4 * n * n * v.hidden_size * v.num_layers
@@ -111,7 +125,7 @@ class ReplicaPerformance:
     def text_prefill_flops(self, text_tokens: float) -> float:
         t = self.arch.text
         n = self.arch.vision.image_tokens + PROMPT_FRAMING_TOKENS + text_tokens
-        linear = 2 * param_counts(self.arch).text_linear * n
+        linear = 2 * self.params.text_linear * n
         attention = 2 * n * n * t.num_heads * t.head_dim * t.num_layers  # causal half of 4 n^2 d
         lm_head = 2 * t.vocab_size * t.hidden_size
         return linear + attention + lm_head
@@ -126,7 +140,7 @@ class ReplicaPerformance:
         if self.profile is not None:
             return self.profile.prefill_seconds(text_tokens) / self.share
         compute = (self.vision_flops() + self.text_prefill_flops(text_tokens)) / self.flops
-        memory = weight_bytes(self.arch, self.dtype, self.quantization) / self.bandwidth
+        memory = self.weights / self.bandwidth
         return max(compute, memory) + self.efficiency.step_overhead_s + self.comm_s
 
     # --- decode --------------------------------------------------------------------------
@@ -134,9 +148,9 @@ class ReplicaPerformance:
         if self.profile is not None:
             return self.profile.decode_step_seconds(batch) / self.share
         kv = kv_bytes_for_request(self.arch.text, context_tokens, self.dtype_bytes, self.block_size, self.tp)
-        reads = decode_read_bytes(self.arch, self.dtype, self.quantization) / self.tp + batch * kv
+        reads = self.decode_reads / self.tp + batch * kv
         memory = reads * self.tp / self.bandwidth  # each rank reads its share at its bandwidth
-        compute = 2 * param_counts(self.arch).text_linear * batch / self.flops
+        compute = 2 * self.params.text_linear * batch / self.flops
         return max(memory, compute) + self.efficiency.step_overhead_s + self.comm_s
 
     def tpot_s(self, batch: float, load: Load) -> float:

@@ -284,21 +284,30 @@ def _effective_concurrency(demand: Demand, perf: ReplicaPerformance, load: Load)
     return target, peak, baseline, "; ".join(notes)
 
 
-def _meets_slos(perf: ReplicaPerformance, demand: Demand, load: Load, batch: int) -> bool:
-    if perf.tpot_s(batch, load) > demand.tpot_slo_s:
-        return False
-    return all(
-        t.slo is None or perf.ttft_p95_s(batch, load, t.prompt.p95) <= t.slo.ttft_p95_ms / 1e3
-        for t in demand.tenants
-    )
+def _ttft_limits(demand: Demand) -> list[tuple[float, float]]:
+    """(prompt p95, tightest TTFT SLO in s) per distinct prompt p95: all TTFT checks need."""
+    limits: dict[float, float] = {}
+    for t in demand.tenants:
+        if t.slo is not None:
+            limits[t.prompt.p95] = min(limits.get(t.prompt.p95, math.inf), t.slo.ttft_p95_ms / 1e3)
+    return sorted(limits.items())
 
 
 def _largest_batch(perf: ReplicaPerformance, demand: Demand, load: Load, limit: int) -> int:
     """Largest batch in [1, limit] meeting every SLO (latencies grow with batch); 0 if none."""
+    tpot_slo = demand.tpot_slo_s
+    ttft_limits = [(perf.prefill_s(p95), slo) for p95, slo in _ttft_limits(demand)]
+
+    def meets(batch: int) -> bool:
+        if perf.tpot_s(batch, load) > tpot_slo:
+            return False
+        shared = perf.queue_wait_p95_s(batch, load) + perf.step_s(batch, load.context_mean)
+        return all(shared + prefill <= slo for prefill, slo in ttft_limits)
+
     lo, hi = 0, int(limit)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _meets_slos(perf, demand, load, mid):
+        if meets(mid):
             lo = mid
         else:
             hi = mid - 1
