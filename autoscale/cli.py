@@ -7,6 +7,7 @@ the numbers and the nearest feasible change).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -69,7 +70,7 @@ def plan_command(
     if as_json:
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
-        Console().print(render(result))
+        Console(width=None if sys.stdout.isatty() else 160).print(render(result))
 
 
 def _one_tenant_spec(model, gpu, gpu_count, concurrency, peak, prompt, output, ttft, tpot) -> ClusterSpec:

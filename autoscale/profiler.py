@@ -52,14 +52,12 @@ def measure_profile(settings: ProfileSettings) -> Profile:
 def _engine_args(settings: ProfileSettings):
     from vllm import AsyncEngineArgs
 
-    longest = max(settings.prompt_tokens) + settings.decode_tokens
     return AsyncEngineArgs(
         model=settings.checkpoint,
         dtype=settings.dtype or ("float32" if settings.on_cpu else "auto"),
         enforce_eager=settings.on_cpu,
         gpu_memory_utilization=settings.gpu_memory_utilization or (0.3 if settings.on_cpu else 0.9),
         max_num_seqs=max(settings.batches),
-        max_model_len=max(2048, longest + 4200),  # room for up to 4096 image tokens
         seed=0,
     )
 
