@@ -17,7 +17,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from .profile import DecodePoint, PrefillPoint, Profile
 

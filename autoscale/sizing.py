@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from paliserve.spec import KVCachePlan, MemoryBreakdown, PlannerOptions, ReplicaBounds
 
 from .catalog import GB, Accelerator
-from .demand import Demand, TenantLoad
+from .demand import Demand
 from .errors import InfeasiblePlan
 from .memory import (
     CUDA_GRAPH_BYTES,
