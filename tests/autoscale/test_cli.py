@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from autoscale.cli import EXIT_INFEASIBLE, EXIT_INVALID, register
 from paliserve.spec import Plan
+from planspecs import EXAMPLE
 
 app = typer.Typer()
 register(app)
@@ -18,7 +19,7 @@ ONE_TENANT = ["plan", "--model", "paligemma-3b-mix-448", "--gpu", "L4", "--concu
 def test_table_and_plan_file(tmp_path):
     out = tmp_path / "plan.yaml"
     serve = tmp_path / "serve.yaml"
-    result = runner.invoke(app, ["plan", "examples/cluster.yaml", "-o", str(out), "--serve-config", str(serve)],
+    result = runner.invoke(app, ["plan", str(EXAMPLE), "-o", str(out), "--serve-config", str(serve)],
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "max_num_seqs" in result.output and "why" in result.output and "tenants" in result.output

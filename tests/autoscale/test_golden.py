@@ -5,7 +5,7 @@ import pytest
 from autoscale.catalog import architecture_of, model_from_id
 from autoscale.memory import kv_bytes_for_request, kv_bytes_per_token, param_counts, weight_bytes
 from autoscale.planner import plan
-from tests.autoscale.conftest import one_tenant
+from planspecs import LOCAL_CPU, one_tenant
 
 GIB = 2**30
 
@@ -96,7 +96,7 @@ def test_tiny_cpu_plan_by_hand(tmp_path, monkeypatch):
     from autoscale.loading import load_spec
 
     monkeypatch.setenv("PALISERVE_TINY_MODEL", str(tmp_path))
-    d = plan(load_spec("paliserve/defaults/local-cpu.yaml")).deployments[0]
+    d = plan(load_spec(str(LOCAL_CPU))).deployments[0]
     assert d.image_tokens == 4  # (28 / 14)^2
     assert d.kv_cache.bytes_per_token == 2 * 2 * 1 * 16 * 4  # K,V x layers x KV heads x head_dim x fp32
     assert d.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}

@@ -8,11 +8,11 @@ from autoscale.loading import dump_plan, load_spec, parse_spec
 from autoscale.planner import SpecError, plan
 from autoscale.profile import DecodePoint, PrefillPoint, Profile
 from paliserve.spec import Plan
-from tests.autoscale.conftest import one_tenant
+from planspecs import EXAMPLE, LOCAL_CPU, one_tenant
 
 
 def test_example_spec_plans_with_a_reason_for_every_number():
-    result = plan(load_spec("examples/cluster.yaml"))
+    result = plan(load_spec(str(EXAMPLE)))
     assert {d.model for d in result.deployments} == {"pg-mix-448", "pg2-10b-896"}
     for d in result.deployments:
         for key in ("replicas.initial", "replicas.max", "replicas.min", "engine_args.max_num_seqs",
@@ -26,7 +26,7 @@ def test_example_spec_plans_with_a_reason_for_every_number():
 
 
 def test_plan_round_trips_through_yaml(tmp_path):
-    result = plan(load_spec("examples/cluster.yaml"))
+    result = plan(load_spec(str(EXAMPLE)))
     path = tmp_path / "plan.yaml"
     path.write_text(dump_plan(result))
     assert Plan.model_validate(yaml.safe_load(open(path))) == result
@@ -34,7 +34,7 @@ def test_plan_round_trips_through_yaml(tmp_path):
 
 def test_serve_config_validates_against_ray():
     schema = pytest.importorskip("ray.serve.schema")
-    result = plan(load_spec("examples/cluster.yaml"))
+    result = plan(load_spec(str(EXAMPLE)))
     config = schema.ServeDeploySchema.model_validate(result.serve_config())
     app = config.applications[0]
     assert app.import_path == "serve.app:app_builder"
@@ -91,7 +91,7 @@ def test_request_too_long_for_the_model():
 
 
 def test_validation_errors_name_the_field():
-    base = open("examples/cluster.yaml").read()
+    base = open(EXAMPLE).read()
     with pytest.raises(SpecError, match=r"tenants\.0\.slo\.ttft_p95_ms"):
         parse_spec(base.replace("ttft_p95_ms: 1500", "ttft_p95_ms: -1"))
     with pytest.raises(SpecError, match=r"tenants\[1\]\.models\[0\]: unknown model"):
@@ -105,7 +105,7 @@ def test_validation_errors_name_the_field():
 def test_env_placeholder_must_be_set(monkeypatch):
     monkeypatch.delenv("PALISERVE_TINY_MODEL", raising=False)
     with pytest.raises(SpecError, match=r"models\[0\]\.checkpoint: environment variable PALISERVE_TINY_MODEL"):
-        load_spec("paliserve/defaults/local-cpu.yaml")
+        load_spec(str(LOCAL_CPU))
 
 
 def test_architecture_from_a_checkpoint_config(tmp_path):
@@ -117,7 +117,7 @@ def test_architecture_from_a_checkpoint_config(tmp_path):
                           "num_attention_heads": 2, "patch_size": 14, "image_size": 28},
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    text = open("paliserve/defaults/local-cpu.yaml").read()
+    text = open(LOCAL_CPU).read()
     start, end = text.index("    # Explicit"), text.index("    dtype: float32")
     spec = parse_spec(text[:start] + text[end:], env={"PALISERVE_TINY_MODEL": str(tmp_path)})
     assert spec.models[0].architecture.vision.image_tokens == 4

@@ -9,6 +9,7 @@ import pytest
 from autoscale.loading import load_spec
 from autoscale.planner import plan
 from autoscale.profile import load_profile
+from planspecs import LOCAL_CPU
 
 
 @pytest.mark.engine
@@ -31,6 +32,6 @@ def test_profile_a_running_engine_and_plan_with_it(tmp_path, monkeypatch):
     assert all(p.seconds > 0 for p in profile.prefill) and all(p.step_seconds > 0 for p in profile.decode)
 
     monkeypatch.setenv("PALISERVE_TINY_MODEL", str(model_dir))
-    result = plan(load_spec("paliserve/defaults/local-cpu.yaml"), [(profile, f"profile {out}")])
+    result = plan(load_spec(str(LOCAL_CPU)), [(profile, f"profile {out}")])
     assert result.deployments[0].calibration == f"profile {out}"
     assert result.tenants[0].headroom.ttft_ms > 0

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from autoscale.catalog import GPU_CATALOG, catalog_model_ids
 from autoscale.errors import InfeasiblePlan
 from autoscale.planner import plan
-from tests.autoscale.conftest import one_tenant
+from planspecs import one_tenant
 
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GPUS = sorted(n for n, a in GPU_CATALOG.items() if a.device == "gpu")
