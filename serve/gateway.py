@@ -1,0 +1,314 @@
+"""The HTTP gateway: OpenAI-compatible chat completions and PaliGemma task routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from paliserve import __version__
+from serve import tasks
+from serve.config import GatewaySettings
+from serve.errors import APIError, InvalidRequest, ModelNotFound, error_body
+from serve.images import decode_image
+from serve.protocol import EngineChunk, EngineRequest
+from serve.schemas import (
+    AnswerRequest,
+    AssistantMessage,
+    CaptionRequest,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    Choice,
+    DeltaMessage,
+    DetectRequest,
+    DetectResult,
+    ImagePart,
+    ModelCard,
+    ModelList,
+    OCRRequest,
+    TextPart,
+    TextResult,
+    Usage,
+)
+
+INLINE_DECODE_BYTES = 64 * 1024  # larger images are decoded on a worker thread
+TASK_DEFAULT_MAX_TOKENS = 128
+
+app = FastAPI(
+    title="paliserve",
+    version=__version__,
+    description="PaliGemma serving: OpenAI-compatible chat completions and PaliGemma task routes.",
+)
+
+
+def _json(model_or_dict: Any, status_code: int = 200, headers: dict | None = None) -> Response:
+    body = model_or_dict.model_dump_json() if hasattr(model_or_dict, "model_dump_json") else json.dumps(model_or_dict)
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """Ray re-raises a replica's exception as a RayTaskError subclass holding it as `cause`."""
+    return getattr(exc, "cause", None) or exc
+
+
+@app.exception_handler(APIError)
+async def _api_error(_: Request, exc: APIError) -> Response:
+    return _json(exc.body(), exc.status_code, exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        message, param = f"Request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(), None
+    elif not loc and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
+        message, param = "Request body must be a JSON object (Content-Type: application/json).", None
+    else:
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")
+    return _json(error_body(message, "invalid_request_error", param, "invalid_value"), 400)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return _json(error_body(str(exc.detail), kind, None, None), exc.status_code)
+
+
+def _prompt_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
+    """PaliGemma has no chat template: the prompt is the messages' text, in order."""
+    texts, images = [], []
+    for message in body.messages:
+        if isinstance(message.content, str):
+            texts.append(message.content)
+            continue
+        for part in message.content or ():
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            elif isinstance(part, ImagePart):
+                images.append(part.image_url.url)
+    if not images:
+        raise InvalidRequest(
+            "PaliGemma needs exactly one image: add an image_url content part (data:image/...;base64,...).",
+            param="messages",
+            code="image_required",
+        )
+    if len(images) > 1:
+        raise InvalidRequest(
+            f"PaliGemma takes exactly one image per request; got {len(images)}.", param="messages", code="too_many_images"
+        )
+    return "\n".join(t.strip() for t in texts if t.strip()), images[0]
+
+
+def _finish(chunk: EngineChunk) -> str | None:
+    return "length" if chunk.finish_reason == "length" else "stop" if chunk.finish_reason else None
+
+
+def _usage(chunk: EngineChunk) -> Usage:
+    return Usage(
+        prompt_tokens=chunk.prompt_tokens,
+        completion_tokens=chunk.completion_tokens,
+        total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
+    )
+
+
+@serve.deployment(name="Gateway")
+@serve.ingress(app)
+class Gateway:
+    """Validates requests, decodes images, and calls the engine deployment of the model asked for."""
+
+    def __init__(self, engines: dict[str, Any], max_model_lens: dict[str, int], settings: dict | None = None):
+        self.engines = engines
+        self.max_model_lens = max_model_lens
+        self.settings = GatewaySettings.model_validate(settings or {})
+        self.created = int(time.time())
+
+    # ---- shared steps ---------------------------------------------------------------------
+
+    def _model(self, requested: str | None) -> str:
+        if requested is None:
+            if len(self.engines) == 1:
+                return next(iter(self.engines))
+            raise InvalidRequest("`model` is required when several models are served.", param="model")
+        if requested not in self.engines:
+            raise ModelNotFound(requested, list(self.engines))
+        return requested
+
+    def _max_tokens(self, model: str, value: int | None, param: str) -> int | None:
+        limit = self.max_model_lens[model]
+        if value is not None and value >= limit:
+            raise InvalidRequest(
+                f"{param} is {value}, but the model's context is {limit} tokens (prompt included).",
+                param=param,
+                code="max_tokens_too_large",
+            )
+        return value
+
+    async def _image(self, url: str, param: str) -> Image.Image:
+        if len(url) > INLINE_DECODE_BYTES:
+            return await asyncio.to_thread(decode_image, url, self.settings, param)
+        return decode_image(url, self.settings, param)
+
+    async def _complete(self, model: str, request: EngineRequest) -> EngineChunk:
+        try:
+            return await self.engines[model].complete.remote(request)
+        except Exception as exc:
+            raise _cause(exc) from None
+
+    # ---- OpenAI API -----------------------------------------------------------------------
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self) -> Response:
+        return _json(ModelList(data=[ModelCard(id=m, created=self.created) for m in sorted(self.engines)]))
+
+    @app.get("/healthz")
+    async def healthz(self) -> Response:
+        async def probe(name: str) -> str:
+            try:
+                await asyncio.wait_for(self.engines[name].check_health.remote(), timeout=10)
+                return "ok"
+            except Exception as exc:  # reported, not raised: this is the health endpoint
+                return f"unhealthy: {type(_cause(exc)).__name__}"
+
+        states = dict(zip(self.engines, await asyncio.gather(*(probe(n) for n in self.engines))))
+        healthy = all(s == "ok" for s in states.values())
+        return _json({"status": "ok" if healthy else "unhealthy", "models": states}, 200 if healthy else 503)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion)
+    async def chat_completions(self, body: ChatCompletionRequest, http_request: Request) -> Response:
+        model = self._model(body.model)
+        prompt, image_url = _prompt_and_image(body)
+        image = await self._image(image_url, "messages.content.image_url")
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        request = EngineRequest(
+            request_id=f"chatcmpl-{uuid.uuid4().hex}",
+            prompt=prompt,
+            image=image,
+            max_tokens=self._max_tokens(model, max_tokens, param),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
+            seed=body.seed,
+        )
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await self._stream(model, request, include_usage)
+        chunk = await self._complete(model, request)
+        return _json(
+            ChatCompletion(
+                id=request.request_id,
+                created=int(time.time()),
+                model=model,
+                choices=[Choice(message=AssistantMessage(content=chunk.text), finish_reason=_finish(chunk))],
+                usage=_usage(chunk),
+            )
+        )
+
+    async def _stream(self, model: str, request: EngineRequest, include_usage: bool) -> Response:
+        stream = self.engines[model].options(stream=True).generate.remote(request)
+        try:
+            first = await stream.__anext__()  # errors before the first token become a 4xx, not a broken stream
+        except StopAsyncIteration:
+            first = None
+        except Exception as exc:
+            stream.cancel()
+            raise _cause(exc) from None
+        created = int(time.time())
+
+        def sse(chunk: ChatCompletionChunk) -> str:
+            return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+        def delta(text: str | None, finish: str | None = None, role: str | None = None) -> str:
+            return sse(
+                ChatCompletionChunk(
+                    id=request.request_id,
+                    created=created,
+                    model=model,
+                    choices=[ChunkChoice(delta=DeltaMessage(role=role, content=text), finish_reason=finish)],
+                )
+            )
+
+        async def events():
+            last = first
+            try:
+                yield delta("", role="assistant")
+                if first is not None:
+                    if first.text:
+                        yield delta(first.text)
+                    async for last in stream:
+                        if last.text:
+                            yield delta(last.text)
+                if last is not None:
+                    yield delta(None, finish=_finish(last))
+                    if include_usage:
+                        yield sse(
+                            ChatCompletionChunk(
+                                id=request.request_id, created=created, model=model, choices=[], usage=_usage(last)
+                            )
+                        )
+                yield "data: [DONE]\n\n"
+            except Exception as exc:  # after headers are sent, errors travel in-band
+                cause = _cause(exc)
+                message = cause.message if isinstance(cause, APIError) else "internal error while generating"
+                yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"
+            finally:
+                stream.cancel()  # no-op when finished; aborts the engine request on disconnect
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    # ---- PaliGemma task routes ------------------------------------------------------------
+
+    async def _task(self, body, prompt: str) -> tuple[str, Image.Image, EngineChunk]:
+        model = self._model(body.model)
+        image = await self._image(body.image, "image")
+        max_tokens = self._max_tokens(model, body.max_tokens or TASK_DEFAULT_MAX_TOKENS, "max_tokens")
+        request = EngineRequest(
+            request_id=f"task-{uuid.uuid4().hex}", prompt=prompt, image=image, max_tokens=max_tokens, temperature=0.0
+        )
+        return model, image, await self._complete(model, request)
+
+    async def _text_task(self, body, prompt: str) -> Response:
+        model, _, chunk = await self._task(body, prompt)
+        return _json(
+            TextResult(model=model, prompt=prompt, text=chunk.text.strip(), finish_reason=_finish(chunk), usage=_usage(chunk))
+        )
+
+    @app.post("/v1/vision/caption", response_model=TextResult)
+    async def caption(self, body: CaptionRequest) -> Response:
+        return await self._text_task(body, tasks.caption_prompt(body.language))
+
+    @app.post("/v1/vision/ocr", response_model=TextResult)
+    async def ocr(self, body: OCRRequest) -> Response:
+        return await self._text_task(body, tasks.ocr_prompt())
+
+    @app.post("/v1/vision/answer", response_model=TextResult)
+    async def answer(self, body: AnswerRequest) -> Response:
+        return await self._text_task(body, tasks.answer_prompt(body.language, body.question))
+
+    @app.post("/v1/vision/detect", response_model=DetectResult)
+    async def detect(self, body: DetectRequest) -> Response:
+        prompt = tasks.detect_prompt(body.objects)
+        model, image, chunk = await self._task(body, prompt)
+        return _json(
+            DetectResult(
+                model=model,
+                prompt=prompt,
+                text=chunk.text,
+                finish_reason=_finish(chunk),
+                usage=_usage(chunk),
+                objects=tasks.parse_detections(chunk.text, *image.size),
+            )
+        )

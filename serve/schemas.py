@@ -1,0 +1,161 @@
+"""Request and response bodies: the OpenAI chat-completions subset and PaliGemma task routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- OpenAI chat completions -------------------------------------------------------------
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Body):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Body):
+    model: str | None = Field(default=None, description="Served model name; optional when one is served.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1, description="PaliGemma serving returns one choice.")
+    user: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "paliserve"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- PaliGemma task routes ----------------------------------------------------------------
+
+
+class _TaskRequest(_Body):
+    model: str | None = None
+    image: str = Field(description="The image as a base64 data URL (data:image/png;base64,...) or bare base64.")
+    max_tokens: int | None = Field(default=None, ge=1)
+    language: str = Field(default="en", pattern=r"^[a-z]{2,3}([-_][A-Za-z]{2,4})?$")
+
+
+class CaptionRequest(_TaskRequest):
+    pass
+
+
+class OCRRequest(_TaskRequest):
+    pass
+
+
+class AnswerRequest(_TaskRequest):
+    question: str = Field(min_length=1, max_length=2000)
+
+
+class DetectRequest(_TaskRequest):
+    objects: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^;<>]+$")]] = Field(
+        min_length=1, max_length=32, description="Things to find, e.g. ['cat', 'dog']."
+    )
+
+
+class TextResult(BaseModel):
+    model: str
+    prompt: str
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    usage: Usage
+
+
+class DetectedObject(BaseModel):
+    label: str
+    box: tuple[float, float, float, float] = Field(
+        description="[x0, y0, x1, y1] in pixels of the original image."
+    )
+
+
+class DetectResult(TextResult):
+    objects: list[DetectedObject]
