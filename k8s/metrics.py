@@ -1,0 +1,23 @@
+"""Every metric name and alert threshold the rules and the dashboard use, in one place.
+
+Ray exports application metrics with a `ray_` prefix, and vLLM's `vllm:` names arrive as
+`ray_vllm_` (see FACTS.md); the gateway's `paliserve_*` metrics arrive as `ray_paliserve_*`.
+"""
+
+REQUESTS = "ray_paliserve_requests_total"  # counter {tenant, model, status}
+TTFT_BUCKET = "ray_paliserve_ttft_seconds_bucket"  # histogram {tenant, model}
+REJECTIONS = "ray_paliserve_rejections_total"  # counter {tenant, reason}
+ERROR_STATUS = "5.."  # regex over `status` that counts as an error
+
+KV_CACHE_USAGE = "ray_vllm_kv_cache_usage_perc"  # gauge 0..1 {model_name}
+REQUESTS_WAITING = "ray_vllm_num_requests_waiting"  # gauge {model_name}
+ENGINE_TTFT_BUCKET = "ray_vllm_time_to_first_token_seconds_bucket"  # histogram {model_name}
+
+RATE_WINDOW = "5m"
+TTFT_FOR = "10m"
+KV_CACHE_HIGH = 0.9
+KV_CACHE_FOR = "10m"
+ERROR_RATIO = 0.05
+ERROR_FOR = "5m"
+REJECTIONS_PER_S = 0.0  # any sustained quota rejection is worth a look
+REJECTIONS_FOR = "15m"

@@ -1,0 +1,51 @@
+"""What the manifests need beyond the plan: names, image, where Prometheus and KubeRay live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import version
+
+KUBERNETES_VERSION = "1.32"  # built-in kinds are validated against this release's schemas
+RAY_VERSION = "2.60.0"
+APP = "paliserve"  # app.kubernetes.io/name on every pod; the PodMonitor selects it
+
+# Ray's fixed ports (KubeRay defaults); the serve port comes from the plan.
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+CLIENT_PORT = 10001
+METRICS_PORT = 8080
+RESERVED_PORTS = {GCS_PORT: "GCS", DASHBOARD_PORT: "dashboard", CLIENT_PORT: "Ray client",
+                  METRICS_PORT: "metrics export", 52365: "dashboard agent"}
+
+# Node label values NVIDIA GPU Feature Discovery sets (`nvidia.com/gpu.product`): the product
+# name with spaces as dashes. Check yours with `kubectl get nodes -L nvidia.com/gpu.product`.
+GPU_PRODUCTS = {
+    "H100-SXM": "NVIDIA-H100-80GB-HBM3",
+    "H100-PCIe": "NVIDIA-H100-PCIe",
+    "H200": "NVIDIA-H200",
+    "A100-80GB": "NVIDIA-A100-SXM4-80GB",
+    "A100-40GB": "NVIDIA-A100-SXM4-40GB",
+    "L40S": "NVIDIA-L40S",
+    "L4": "NVIDIA-L4",
+    "A10G": "NVIDIA-A10G",
+    "T4": "Tesla-T4",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    name: str = APP
+    image: str = f"{APP}:{version(APP)}"
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    monitoring_namespace: str = "monitoring"
+    operator_namespace: str = "kuberay-system"
+    head_cpus: int = 2
+    head_memory_gib: int = 8
+    worker_memory_gib_per_gpu: int = 32
+    cpu_worker_memory_gib: int = 8
+    tiny_model: str | None = None  # CPU workers build the tiny test model here before Ray starts
+    gpu_products: dict[str, str] = field(default_factory=lambda: dict(GPU_PRODUCTS))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": self.name}
