@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,10 @@ def _builtin(doc: dict[str, Any]) -> list[str]:
 
 def _serve_config(text: str) -> list[str]:
     from pydantic import ValidationError
-    from ray.serve.schema import ServeDeploySchema
+
+    with warnings.catch_warnings():  # Ray's own pydantic deprecations
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ray.serve.schema import ServeDeploySchema
 
     try:
         ServeDeploySchema.model_validate(yaml.safe_load(text))

@@ -1,0 +1,46 @@
+"""Plans and rendered trees shared by the k8s tests (no engine, no Ray cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from k8s.render import render
+from k8s.settings import Settings
+from k8s.sources import load_plan_or_spec
+from paliserve.spec import ActorResources, DeploymentPlan, EngineArgs, Plan, ReplicaBounds
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "cluster.yaml"
+LOCAL_CPU = REPO / "paliserve" / "defaults" / "local-cpu.yaml"
+TINY_MODEL = "/models/tiny-paligemma"
+
+
+def example_plan() -> Plan:
+    return load_plan_or_spec(EXAMPLE)
+
+
+def cpu_plan() -> Plan:
+    return load_plan_or_spec(LOCAL_CPU, tiny_model=TINY_MODEL)
+
+
+def gpu_deployment(name: str, share: float, replicas: tuple[int, int, int], accelerator: str = "L4") -> DeploymentPlan:
+    low, initial, high = replicas
+    return DeploymentPlan(
+        name=name, engine_args=EngineArgs(model=f"org/{name}", tensor_parallel_size=max(1, int(share))),
+        device="gpu", accelerator=accelerator, gpus_per_replica=share,
+        ray_actor_options=ActorResources(num_cpus=1, num_gpus=share),
+        replicas=ReplicaBounds(min=low, initial=initial, max=high),
+    )
+
+
+def documents(files: dict[str, str], overlay: str) -> dict[str, dict]:
+    """kind -> document of an overlay's own files (one of each kind)."""
+    docs = [yaml.safe_load(text) for path, text in files.items()
+            if path.startswith(f"overlays/{overlay}/") and not path.endswith("kustomization.yaml")]
+    return {doc["kind"]: doc for doc in docs}
+
+
+def render_docs(plan: Plan, overlay: str = "prod", settings: Settings = Settings()) -> dict[str, dict]:
+    return documents(render(plan, overlay, settings), overlay)
