@@ -11,7 +11,6 @@ A kind neither checker has a schema for is an error, never a silent pass.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import subprocess
@@ -174,13 +173,3 @@ def _tool(name: str, how: str) -> str:
         raise FileNotFoundError(f"{name} not found on PATH: {how}")
     return path
 
-
-def with_change(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A copy of `doc` with the dotted `path` (integers index lists) set to `value`; for tests."""
-    out = copy.deepcopy(doc)
-    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
-    node = out
-    for part in parents:
-        node = node[part]
-    node[last] = value
-    return out

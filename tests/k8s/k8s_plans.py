@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,3 +46,14 @@ def documents(files: dict[str, str], overlay: str) -> dict[str, dict]:
 
 def render_docs(plan: Plan, overlay: str = "prod", settings: Settings = Settings()) -> dict[str, dict]:
     return documents(render(plan, overlay, settings), overlay)
+
+
+def with_change(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `doc` with the dotted `path` (integers index lists) set to `value`."""
+    out = copy.deepcopy(doc)
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node = out
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return out

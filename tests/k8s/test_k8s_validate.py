@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from k8s_plans import with_change
 
 from k8s.committed import MANIFESTS
 from k8s.settings import KUBERNETES_VERSION, Settings
 from k8s.validate import (SCHEMAS_ENV, ManifestInvalid, kustomize, rules_problems, schemas_dir,
-                          validate_documents, validate_tree, with_change)
+                          validate_documents, validate_tree)
 
 
 @pytest.fixture(scope="module")
