@@ -17,7 +17,8 @@ import time
 
 import gevent
 from gevent.pool import Pool
-from locust import HttpUser, LoadTestShape, constant, task
+from locust import HttpUser, LoadTestShape, constant, events, task
+from locust import stats as locust_stats
 from urllib3 import PoolManager
 
 from loadtests.images import png_data_url
@@ -36,6 +37,13 @@ IMAGES = {
 }
 WRITER = RecordWriter(PROFILE.records_path)
 _user_ids = itertools.count()
+
+
+@events.test_stop.add_listener
+def _let_the_csv_writer_catch_up(**_) -> None:
+    # Locust rewrites PREFIX_stats.csv every CSV_STATS_INTERVAL_SEC and not at exit: wait for
+    # one more write so the CSV holds the requests that ended while users were stopping.
+    gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.5)
 
 
 class PlanShape(LoadTestShape):
