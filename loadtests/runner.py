@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,7 @@ from .keys import supplied_keys, tenant_keys
 from .locust_csv import read_users_over_time
 from .records import read_records
 from .summary import summarize
-from .traffic import PlanError, profile_from_plan
+from .traffic import PlanError, TrafficProfile, profile_from_plan
 
 EXIT_PASSED, EXIT_SLO_MISSED, EXIT_INVALID, EXIT_NOT_RUN = 0, 1, 2, 3
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -61,6 +61,9 @@ def run(options: Options, say: Callable[[str], None] = print) -> int:
     except (PlanError, ValueError, OSError) as exc:
         say(f"error: {exc}")
         return EXIT_INVALID
+    profile, notes = _calibrated(profile, options.host)
+    for note in notes:
+        say(note)
     profile_path = out / "profile.json"
     profile_path.write_text(profile.to_json())
     for t in profile.tenants:
@@ -75,7 +78,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> int:
         say(f"error: Locust {'exited with ' + str(rc) if rc else 'sent no request'}; see {out / 'locust.log'}")
         return EXIT_NOT_RUN
 
-    series, notes = {}, []
+    series: dict = {}
     replicas: dict[str, float] = {}
     if options.prometheus:
         from .prometheus import mean_replicas, pull
@@ -98,6 +101,24 @@ def run(options: Options, say: Callable[[str], None] = print) -> int:
     _print_verdict(summary, say)
     say(f"report: {out / 'index.html'}")
     return EXIT_PASSED if summary["passed"] else EXIT_SLO_MISSED
+
+
+def _calibrated(profile: TrafficProfile, host: str) -> tuple[TrafficProfile, list[str]]:
+    """Prompts sized with the server's tokenizer (one calibration per model); 1 token a word
+    when the calibration requests fail."""
+    from .calibrate import tokens_per_word
+
+    notes, per_model = [], {}
+    for t in profile.tenants:
+        if t.model not in per_model:
+            try:
+                per_model[t.model] = tokens_per_word(host, t.model, t.key, t.image_size)
+                notes.append(f"model {t.model}: {per_model[t.model]:.2f} prompt tokens per word (calibrated)")
+            except Exception as exc:  # the load test still runs; the note says the sizes are approximate
+                per_model[t.model] = 1.0
+                notes.append(f"model {t.model}: prompt calibration failed ({exc}); assuming 1 token per word")
+    tenants = tuple(replace(t, tokens_per_word=per_model[t.model]) for t in profile.tenants)
+    return replace(profile, tenants=tenants), notes
 
 
 def locust_command(host: str, out: Path) -> list[str]:

@@ -45,6 +45,7 @@ class TenantTraffic:
     slo_tpot_p95_ms: float
     predicted_ttft_p95_ms: float
     predicted_tpot_ms: float
+    tokens_per_word: float = 1.0  # prompt tokens one word of WORDS costs (see calibrate.py)
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,8 @@ def sample_tokens(rng: random.Random, mean: float, p95: float) -> int:
     return max(1, round(rng.lognormvariate(mu, sigma) if sigma > 0 else mean))
 
 
-def prompt_text(rng: random.Random, tokens: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(max(tokens, 1)))
+def prompt_text(rng: random.Random, tokens: int, tokens_per_word: float = 1.0) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(max(round(tokens / tokens_per_word), 1)))
 
 
 def chat_body(tenant: TenantTraffic, rng: random.Random, image_url: str) -> dict[str, Any]:
@@ -197,7 +198,9 @@ def chat_body(tenant: TenantTraffic, rng: random.Random, image_url: str) -> dict
             {
                 "role": "user",
                 "content": [
-                    {"type": "text", "text": prompt_text(rng, sample_tokens(rng, tenant.prompt_mean, tenant.prompt_p95))},
+                    {"type": "text", "text": prompt_text(
+                        rng, sample_tokens(rng, tenant.prompt_mean, tenant.prompt_p95), tenant.tokens_per_word
+                    )},
                     {"type": "image_url", "image_url": {"url": image_url}},
                 ],
             }

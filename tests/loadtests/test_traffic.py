@@ -7,7 +7,15 @@ import statistics
 import pytest
 
 from loadtests.keys import DEV_KEYS, ENV_KEYS, sha256, supplied_keys, tenant_keys
-from loadtests.traffic import PlanError, TrafficProfile, chat_body, lognormal, profile_from_plan, sample_tokens
+from loadtests.traffic import (
+    PlanError,
+    TrafficProfile,
+    chat_body,
+    lognormal,
+    profile_from_plan,
+    prompt_text,
+    sample_tokens,
+)
 from loadtest_plans import plan_with, tenant
 
 
@@ -78,3 +86,10 @@ def test_keys_come_from_file_then_env_and_must_match_the_hashes(tmp_path):
         tenant_keys(plan, {"a": "sk-wrong"})
     with pytest.raises(PlanError, match="tenant a needs its API key"):
         tenant_keys(plan, {})
+
+
+def test_prompt_words_follow_the_calibrated_tokens_per_word():
+    rng = random.Random(0)
+    assert len(prompt_text(rng, 12).split()) == 12
+    assert len(prompt_text(rng, 12, tokens_per_word=3.0).split()) == 4
+    assert len(prompt_text(rng, 1, tokens_per_word=3.0).split()) == 1
