@@ -15,12 +15,14 @@ import yaml
 from rich.console import Console
 
 from autoscale.cli import register as register_planner_commands
+from k8s.cli import register as register_k8s_commands
 from paliserve import local
 from paliserve.spec import Plan
 
 app = typer.Typer(help="Serve PaliGemma for many tenants on Ray Serve and vLLM.", no_args_is_help=True)
 console = Console(stderr=True)
 register_planner_commands(app)
+register_k8s_commands(app)
 
 
 def _state_file() -> Path:

@@ -98,9 +98,9 @@ def test_tiny_cpu_plan_by_hand(tmp_path, monkeypatch):
     monkeypatch.setenv("PALISERVE_TINY_MODEL", str(tmp_path))
     d = plan(load_spec(str(LOCAL_CPU))).deployments[0]
     assert d.image_tokens == 4  # (28 / 14)^2
-    assert d.kv_cache.bytes_per_token == 2 * 2 * 1 * 16 * 4  # K,V x layers x KV heads x head_dim x fp32
+    assert d.kv_cache.bytes_per_token == 2 * 2 * 1 * 32 * 4  # K,V x layers x KV heads x head_dim x fp32
     assert d.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    assert d.kv_cache.tokens_per_replica == GIB // 256
+    assert d.kv_cache.tokens_per_replica == GIB // 512
     assert d.engine_args.dtype == "float32" and d.engine_args.enforce_eager
     assert d.engine_args.gpu_memory_utilization == 0.3
     assert d.replicas.model_dump() == {"min": 1, "initial": 1, "max": 1}

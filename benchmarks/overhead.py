@@ -1,0 +1,221 @@
+"""Serving overhead: the engine in-process, vLLM's own OpenAI server, and paliserve's full stack.
+
+Same machine, same tiny model, same request (28x28 image, "caption en", 16 generated tokens,
+temperature 0), measured one setup after another so that no idle engine competes for the
+cores. Prints p50/p95 latency at concurrency 1 and requests/s and tokens/s at concurrency 16,
+and the ratios against vLLM's server (the baseline a user would otherwise pick).
+
+    .venv/bin/python benchmarks/overhead.py [--rounds 3] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from paliserve.local import tiny_plan  # noqa: E402
+from paliserve.tiny_model import build_tiny_model  # noqa: E402
+from serve.cluster import free_port, stop_process_tree, wait_until_healthy  # noqa: E402
+
+MAX_TOKENS = 16
+MAX_NUM_SEQS = 64
+MAX_MODEL_LEN = 512
+
+
+def image():
+    """Noise, on which the tiny model's greedy output runs to max_tokens (a plain colour ends at once)."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.random.default_rng(0).random((28, 28, 3)) * 255).astype("uint8"))
+
+
+def chat_body(model: str) -> dict:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    image().save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    content = [{"type": "text", "text": "caption en"}, {"type": "image_url", "image_url": {"url": url}}]
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": MAX_TOKENS, "temperature": 0}
+
+
+# ---- load generation (one client for every setup) --------------------------------------------
+
+
+async def measure(call, rounds: int, seconds: float) -> dict:
+    """`call()` sends one request and returns the generated token count."""
+    for _ in range(5):
+        await call()
+    lat_rounds, rps_rounds, tps_rounds = [], [], []
+    for _ in range(rounds):
+        latencies = []
+        for _ in range(40):
+            t = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - t) * 1000)
+        lat_rounds.append(latencies)
+        done = tokens = 0
+        deadline = time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal done, tokens
+            while time.perf_counter() < deadline:
+                generated = await call()  # not `tokens += await ...`: that reads tokens before awaiting
+                tokens += generated
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(16)))
+        elapsed = time.perf_counter() - start
+        if tokens != done * MAX_TOKENS:
+            raise RuntimeError(f"expected {MAX_TOKENS} tokens per request, got {tokens / done:.1f} on average")
+        rps_rounds.append(done / elapsed)
+        tps_rounds.append(tokens / elapsed)
+    p50s = [statistics.median(r) for r in lat_rounds]
+    p95s = [statistics.quantiles(r, n=20)[18] for r in lat_rounds]
+    return {
+        "p50_ms": statistics.median(p50s),
+        "p95_ms": statistics.median(p95s),
+        "req_per_s": statistics.median(rps_rounds),
+        "tok_per_s": statistics.median(tps_rounds),
+    }
+
+
+def http_call(client: httpx.AsyncClient, url: str, body: dict):
+    async def call() -> int:
+        reply = await client.post(url, json=body)
+        reply.raise_for_status()
+        return reply.json()["usage"]["completion_tokens"]
+
+    return call
+
+
+async def measure_http(url: str, model: str, rounds: int, seconds: float) -> dict:
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        return await measure(http_call(client, url, chat_body(model)), rounds, seconds)
+
+
+# ---- the three setups ------------------------------------------------------------------------
+
+
+async def in_process(model_dir: Path, rounds: int, seconds: float) -> dict:
+    from vllm import AsyncEngineArgs, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = tiny_plan(model_dir, max_num_seqs=MAX_NUM_SEQS, max_model_len=MAX_MODEL_LEN).deployments[0].engine_args
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args.vllm_kwargs()))
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
+    img = image()
+
+    async def call() -> int:
+        final = None
+        prompt = {"prompt": "caption en", "multi_modal_data": {"image": img}}  # vLLM consumes the dict
+        async for final in engine.generate(prompt, params, uuid.uuid4().hex):
+            pass
+        return len(final.outputs[0].token_ids)
+
+    try:
+        return await measure(call, rounds, seconds)
+    finally:
+        engine.shutdown()
+
+
+def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> dict:
+    port = free_port()
+    cmd = [
+        sys.executable, str(Path(__file__).with_name("_vllm_server.py")), "--model", str(model_dir),
+        "--served-model-name", "tiny-paligemma", "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3",
+        "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", str(MAX_NUM_SEQS),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    log = open(workdir / "vllm-server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited; see {workdir / 'vllm-server.log'}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        return asyncio.run(measure_http(f"http://127.0.0.1:{port}/v1/chat/completions", "tiny-paligemma", rounds, seconds))
+    finally:
+        stop_process_tree(proc.pid)
+        log.close()
+
+
+def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> dict:
+    import yaml
+
+    plan_file = workdir / "plan.yaml"
+    plan = tiny_plan(model_dir, max_num_seqs=MAX_NUM_SEQS, max_model_len=MAX_MODEL_LEN)
+    plan_file.write_text(yaml.safe_dump(plan.model_dump(mode="json")))
+    port = free_port()
+    env = {**os.environ, "PALISERVE_CACHE": str(workdir / "cache")}
+    paliserve = str(Path(sys.executable).with_name("paliserve"))
+    subprocess.run([paliserve, "up", "--detach", "--plan", str(plan_file), "--port", str(port)], env=env, check=True,
+                   capture_output=True, timeout=400)  # fmt: skip
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}")
+        return asyncio.run(measure_http(f"http://127.0.0.1:{port}/v1/chat/completions", "tiny-paligemma", rounds, seconds))
+    finally:
+        subprocess.run([paliserve, "down"], env=env, capture_output=True, timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--only", choices=["inprocess", "vllm", "paliserve"], action="append")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    opts = parser.parse_args()
+    only = set(opts.only or ["inprocess", "vllm", "paliserve"])
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="paliserve-bench-") as tmp:
+        workdir = Path(tmp)
+        model_dir = build_tiny_model(workdir / "tiny-paligemma")
+        if "inprocess" in only:
+            results["engine in-process (no HTTP)"] = asyncio.run(in_process(model_dir, opts.rounds, opts.seconds))
+        if "vllm" in only:
+            results["vLLM OpenAI server"] = vllm_server(model_dir, opts.rounds, opts.seconds, workdir)
+        if "paliserve" in only:
+            results["paliserve (Ray Serve gateway + engine)"] = paliserve_stack(model_dir, opts.rounds, opts.seconds, workdir)
+    print(f"\n{'setup':42} {'p50 ms c=1':>11} {'p95 ms c=1':>11} {'req/s c=16':>11} {'tok/s c=16':>11}")
+    for name, r in results.items():
+        print(f"{name:42} {r['p50_ms']:11.1f} {r['p95_ms']:11.1f} {r['req_per_s']:11.1f} {r['tok_per_s']:11.0f}")
+    base = results.get("vLLM OpenAI server")
+    ours = results.get("paliserve (Ray Serve gateway + engine)")
+    if base and ours:
+        print(
+            f"\npaliserve / vLLM server: throughput {ours['req_per_s'] / base['req_per_s']:.2f}x (target >= 0.90x), "
+            f"p50 {ours['p50_ms'] - base['p50_ms']:+.1f} ms (target <= +15 ms)"
+        )
+    if opts.json:
+        opts.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
