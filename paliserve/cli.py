@@ -16,6 +16,7 @@ from rich.console import Console
 
 from autoscale.cli import register as register_planner_commands
 from k8s.cli import register as register_k8s_commands
+from loadtests.cli import register as register_loadtest_commands
 from paliserve import local
 from paliserve.spec import Plan
 
@@ -23,6 +24,7 @@ app = typer.Typer(help="Serve PaliGemma for many tenants on Ray Serve and vLLM."
 console = Console(stderr=True)
 register_planner_commands(app)
 register_k8s_commands(app)
+register_loadtest_commands(app)
 
 
 def _state_file() -> Path:

@@ -24,9 +24,12 @@ import httpx
 
 # Ray Serve's documented throughput settings that keep a replica's user code and router on its
 # main event loop: fewer thread hand-offs per request, which matters most on small machines.
+# Ray also starts workers at niceness 15, which makes the whole serving stack yield the CPU to
+# any other process on the machine; a server should not.
 SERVE_THROUGHPUT_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_worker_niceness": "0",
 }
 
 
