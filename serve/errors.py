@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -61,6 +62,30 @@ class ModelNotFound(APIError):
 class Overloaded(APIError):
     status_code = 503
     error_type = "server_error"
+
+
+class Unauthorized(APIError):
+    status_code = 401
+    error_type = "authentication_error"
+
+    def __init__(self, message: str, *, code: str = "invalid_api_key", **kwargs):
+        super().__init__(message, code=code, **kwargs)
+
+
+class PermissionDenied(APIError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class RateLimited(APIError):
+    """Over a tenant quota: 429 with Retry-After (whole seconds, at least 1)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:

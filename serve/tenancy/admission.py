@@ -1,0 +1,186 @@
+"""The gateway's admission path: authenticate, authorize the target, take a quota (from the one
+authority) and a fair-queue slot, and, when the request ends, settle tokens and record metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from paliserve.spec import AdapterPlan, TenantPlan
+from serve.errors import APIError, Overloaded, RateLimited, retry_after
+from serve.tenancy.access import Catalog, Target
+from serve.tenancy.fairness import FairGate
+from serve.tenancy.identity import TenantDirectory
+from serve.tenancy.metrics import TenantMetrics
+
+logger = logging.getLogger("paliserve.tenancy")
+AUTHORITY_TIMEOUT_S = 5.0
+OPEN_WEIGHT = 1.0
+
+
+@dataclass
+class TenancyConfig:
+    """What `build_app` hands the gateway (plain data: it crosses into the replica)."""
+
+    tenants: list[dict] = field(default_factory=list)
+    adapters: dict[str, list[dict]] = field(default_factory=dict)  # model -> adapters
+    capacity: dict[str, int] = field(default_factory=dict)  # model -> requests the engines take at once
+
+
+@dataclass
+class Ticket:
+    """One admitted request: its quota and its engine slot, returned exactly once by `finish`."""
+
+    tenancy: Tenancy
+    tenant: TenantPlan | None
+    target: Target
+    estimate: int
+    received: float
+    first_token: float | None = None
+    done: bool = False
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return TenantMetrics.tags(self.tenant and self.tenant.name, self.target.name)
+
+    def first_token_seen(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+            self.tenancy.metrics.ttft.observe(self.first_token - self.received, tags=self.tags)
+
+    def __del__(self):
+        # A stream whose client left before the body started is never iterated, so its
+        # `finally` never runs: the slot and the quota come back when the ticket is collected.
+        if not self.done:
+            self.finish(499)
+
+    def finish(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.tenancy.release(self, prompt_tokens + completion_tokens)
+        m, tags = self.tenancy.metrics, self.tags
+        m.requests.inc(tags={**tags, "status": str(status)})
+        if status != 200:
+            return
+        now = time.monotonic()
+        m.prompt_tokens.inc(prompt_tokens, tags=tags)
+        if completion_tokens:
+            m.generation_tokens.inc(completion_tokens, tags=tags)
+        m.e2e.observe(now - self.received, tags=tags)
+        if self.first_token is not None and completion_tokens > 1:
+            m.tpot.observe((now - self.first_token) / (completion_tokens - 1), tags=tags)
+
+
+class Tenancy:
+    def __init__(self, config: TenancyConfig, authority=None):
+        tenants = [TenantPlan.model_validate(t) for t in config.tenants]
+        self.directory = TenantDirectory(tenants)
+        adapters = {m: [AdapterPlan.model_validate(a) for a in v] for m, v in config.adapters.items()}
+        self.catalog = Catalog(list(config.capacity), adapters)
+        self.gates = {model: FairGate(capacity) for model, capacity in config.capacity.items()}
+        self.authority = authority  # None: no tenant has limits
+        self.metrics = TenantMetrics()
+        self._in_flight: dict[tuple, int] = {}
+        self._settling: set[asyncio.Task] = set()
+
+    @staticmethod
+    def limited(tenant: TenantPlan | None) -> bool:
+        return tenant is not None and any(v is not None for v in tenant.limits.model_dump().values())
+
+    def authenticate(self, authorization: str | None, client_host: str | None) -> TenantPlan | None:
+        try:
+            return self.directory.authenticate(authorization, client_host)
+        except APIError:
+            self.metrics.rejections.inc(tags={"tenant": "unauthenticated", "model": "", "reason": "unauthenticated"})
+            raise
+
+    def resolve(self, requested: str | None, tenant: TenantPlan | None) -> Target:
+        try:
+            return self.catalog.resolve(requested, tenant)
+        except APIError as exc:
+            reason = "forbidden" if exc.status_code == 403 else "unknown_model"
+            self.reject(tenant, requested or "", reason, exc.status_code)
+            raise
+
+    def reject(self, tenant: TenantPlan | None, model: str, reason: str, status: int) -> None:
+        tags = TenantMetrics.tags(tenant and tenant.name, model)
+        self.metrics.rejections.inc(tags={**tags, "reason": reason})
+        self.metrics.requests.inc(tags={**tags, "status": str(status)})
+
+    async def admit(self, tenant: TenantPlan | None, target: Target, estimate: int) -> Ticket:
+        """Quota first (cheap refusals never wait), then a fair slot at the engines."""
+        received = time.monotonic()
+        if self.limited(tenant):
+            await self._take_quota(tenant, target)
+        ticket = Ticket(self, tenant, target, estimate, received)
+        gate, tags = self.gates[target.model], ticket.tags
+        name, weight = self._fair_identity(tenant)
+        self._count(tags, +1)
+        if gate.running >= gate.capacity or gate.vtc.waiting():
+            self.metrics.queue_depth.set(gate.vtc.waiting(name) + 1, tags=tags)
+        try:
+            await gate.admit(name, weight, estimate)
+        except BaseException as exc:
+            self._count(tags, -1)
+            if self.limited(tenant):
+                self._settle_quota(tenant, 0)
+            if isinstance(exc, APIError):
+                self.reject(tenant, target.name, "overloaded", exc.status_code)
+            raise
+        finally:
+            self.metrics.queue_depth.set(gate.vtc.waiting(name), tags=tags)
+        return ticket
+
+    async def _take_quota(self, tenant: TenantPlan, target: Target) -> None:
+        try:
+            rejection = await asyncio.wait_for(self.authority.acquire.remote(tenant.name), AUTHORITY_TIMEOUT_S)
+        except Exception as exc:  # fail closed: without the authority no limit can be checked
+            logger.warning("quota authority unavailable: %s", type(exc).__name__)
+            self.reject(tenant, target.name, "quota_authority_unavailable", 503)
+            raise Overloaded(
+                "The quota service is unavailable; retry shortly.", code="quota_unavailable", headers=retry_after(1)
+            ) from None
+        if rejection is not None:
+            self.reject(tenant, target.name, rejection.limit, 429)
+            raise RateLimited(rejection.message, code=rejection.limit, headers=retry_after(rejection.retry_after_s))
+
+    def release(self, ticket: Ticket, tokens: int) -> None:
+        name, weight = self._fair_identity(ticket.tenant)
+        self.gates[ticket.target.model].release(name, weight, ticket.estimate, tokens)
+        self._count(ticket.tags, -1)
+        if self.limited(ticket.tenant):
+            self._settle_quota(ticket.tenant, tokens)
+
+    def _settle_quota(self, tenant: TenantPlan, tokens: int) -> None:
+        """Settled in the background: the response need not wait for the bookkeeping."""
+        try:
+            task = asyncio.get_running_loop().create_task(self._settle(tenant.name, tokens))
+        except RuntimeError:  # no loop (a ticket collected at shutdown): nothing left to settle with
+            logger.warning("could not settle the quota of %s: no event loop", tenant.name)
+            return
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, tenant: str, tokens: int) -> None:
+        for attempt in range(3):
+            try:
+                await asyncio.wait_for(self.authority.settle.remote(tenant, tokens), AUTHORITY_TIMEOUT_S)
+                return
+            except Exception as exc:
+                logger.warning("settling quota of %s failed (attempt %d): %s", tenant, attempt + 1, type(exc).__name__)
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    @staticmethod
+    def _fair_identity(tenant: TenantPlan | None) -> tuple[str, float]:
+        return (tenant.name, tenant.weight) if tenant is not None else ("", OPEN_WEIGHT)
+
+    def _count(self, tags: dict, delta: int) -> None:
+        key = (tags["tenant"], tags["model"])
+        self._in_flight[key] = self._in_flight.get(key, 0) + delta
+        self.metrics.in_flight.set(self._in_flight[key], tags=tags)
+
+    def models_for(self, tenant: TenantPlan | None) -> list[str]:
+        return [t.name for t in self.catalog.visible_to(tenant)]

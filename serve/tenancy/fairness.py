@@ -1,0 +1,139 @@
+"""Weighted fair admission to the engines when they are full: Virtual Token Counters (VTC,
+Sheng et al., OSDI'24).
+
+Each tenant has a counter of the tokens it has been served divided by its weight. A free engine
+slot goes to the backlogged tenant with the smallest counter, so backlogged tenants receive
+tokens in proportion to their weights, and a slot never idles while anyone waits
+(work-conserving: what a quiet tenant leaves unused goes to the others). A tenant that becomes
+backlogged has its counter lifted to the smallest backlogged counter, so idling banks no credit.
+
+Hand-written: Ray Serve routes requests to replicas but has no per-tenant queueing, and vLLM's
+scheduler (FCFS or priority) knows nothing of tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve.errors import Overloaded, retry_after
+
+
+@dataclass
+class _Waiter:
+    tenant: str
+    weight: float
+    cost: int
+    item: Any
+    seq: int
+
+
+@dataclass
+class VirtualTokenCounters:
+    """The pure VTC scheduler: queues per tenant, counters, and who goes next."""
+
+    counters: dict[str, float] = field(default_factory=dict)
+    queues: dict[str, deque] = field(default_factory=dict)
+    _seq: itertools.count = field(default_factory=itertools.count)
+    _last_served: float = 0.0
+
+    def enqueue(self, tenant: str, weight: float, cost: int, item: Any) -> None:
+        queue = self.queues.setdefault(tenant, deque())
+        if not queue:
+            backlogged = [self.counters[t] for t, q in self.queues.items() if q and t != tenant]
+            floor = min(backlogged) if backlogged else self._last_served
+            self.counters[tenant] = max(self.counters.get(tenant, 0.0), floor)
+        queue.append(_Waiter(tenant, weight, cost, item, next(self._seq)))
+
+    def pop(self) -> _Waiter | None:
+        """The head request of the backlogged tenant with the smallest counter (ties: oldest)."""
+        heads = [q[0] for q in self.queues.values() if q]
+        if not heads:
+            return None
+        chosen = min(heads, key=lambda w: (self.counters[w.tenant], w.seq))
+        self.queues[chosen.tenant].popleft()
+        self.charge(chosen.tenant, chosen.weight, chosen.cost)
+        self._last_served = self.counters[chosen.tenant]
+        return chosen
+
+    def charge(self, tenant: str, weight: float, tokens: float) -> None:
+        self.counters[tenant] = self.counters.get(tenant, 0.0) + tokens / weight
+
+    def remove(self, item: Any) -> bool:
+        for queue in self.queues.values():
+            for waiter in queue:
+                if waiter.item is item:
+                    queue.remove(waiter)
+                    return True
+        return False
+
+    def waiting(self, tenant: str | None = None) -> int:
+        if tenant is not None:
+            return len(self.queues.get(tenant, ()))
+        return sum(len(q) for q in self.queues.values())
+
+
+class FairGate:
+    """At most `capacity` requests at the engines; the rest wait and leave in VTC order.
+
+    `admit` charges the request's estimated tokens; `release` corrects the estimate with the
+    tokens actually used and hands the slot on.
+    """
+
+    def __init__(self, capacity: int, max_waiting: int = 1024, max_wait_s: float = 60.0):
+        self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.max_wait_s = max_wait_s
+        self.running = 0
+        self.vtc = VirtualTokenCounters()
+
+    async def admit(self, tenant: str, weight: float, estimate: int) -> None:
+        if self.running < self.capacity and not self.vtc.waiting():
+            self.running += 1
+            self.vtc.charge(tenant, weight, estimate)
+            return
+        if self.vtc.waiting() >= self.max_waiting:
+            raise Overloaded(
+                f"The server is overloaded: {self.vtc.waiting()} requests are waiting. Retry shortly.",
+                code="overloaded",
+                headers=retry_after(1),
+            )
+        granted = asyncio.get_running_loop().create_future()
+        self.vtc.enqueue(tenant, weight, estimate, granted)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.shield(granted), self.max_wait_s)
+        except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
+            if granted.done() and not granted.cancelled():
+                self.release(tenant, weight, estimate, 0)  # granted just as the caller gave up: pass it on
+            else:
+                granted.cancel()
+                self.vtc.remove(granted)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise Overloaded(
+                    f"The request waited {time.monotonic() - started:.0f} s for the engines; the server is "
+                    "overloaded. Retry shortly.",
+                    code="overloaded",
+                    headers=retry_after(5),
+                ) from None
+            raise
+
+    def release(self, tenant: str, weight: float, estimate: int, actual: int) -> None:
+        self.running -= 1
+        if actual != estimate:
+            self.vtc.charge(tenant, weight, actual - estimate)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.running < self.capacity:
+            waiter = self.vtc.pop()
+            if waiter is None:
+                return
+            if waiter.item.done():  # gave up while waiting
+                continue
+            self.running += 1
+            waiter.item.set_result(None)

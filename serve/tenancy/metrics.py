@@ -1,0 +1,48 @@
+"""Per-tenant gateway metrics through Ray's metrics pipeline (`ray.util.metrics`): exported on
+the Ray metrics port as `ray_paliserve_*`, labelled `tenant` and `model` (never a key).
+
+Created inside the replica: Ray metrics need a connected worker.
+"""
+
+from __future__ import annotations
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+LABELS = ("tenant", "model")
+LATENCY_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+TPOT_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+OPEN_TENANT = "-"  # label of requests served without tenants (a plan with no tenants)
+
+
+class TenantMetrics:
+    def __init__(self):
+        self.requests = Counter(
+            "paliserve_requests", "Requests by final HTTP status.", tag_keys=(*LABELS, "status")
+        )
+        self.rejections = Counter(
+            "paliserve_rejections", "Requests refused before reaching an engine, by reason.", tag_keys=(*LABELS, "reason")
+        )
+        self.prompt_tokens = Counter("paliserve_prompt_tokens", "Prompt tokens of served requests.", tag_keys=LABELS)
+        self.generation_tokens = Counter(
+            "paliserve_generation_tokens", "Generated tokens of served requests.", tag_keys=LABELS
+        )
+        self.ttft = Histogram(
+            "paliserve_time_to_first_token_seconds", "Gateway receipt to first token (streams).",
+            boundaries=LATENCY_BUCKETS_S, tag_keys=LABELS,
+        )  # fmt: skip
+        self.tpot = Histogram(
+            "paliserve_time_per_output_token_seconds", "(E2E - TTFT) / (generated tokens - 1) (streams).",
+            boundaries=TPOT_BUCKETS_S, tag_keys=LABELS,
+        )  # fmt: skip
+        self.e2e = Histogram(
+            "paliserve_e2e_request_latency_seconds", "Gateway receipt to last token.",
+            boundaries=LATENCY_BUCKETS_S, tag_keys=LABELS,
+        )  # fmt: skip
+        self.in_flight = Gauge("paliserve_requests_in_flight", "Requests past their quota and not finished (waiting for or at an engine).", tag_keys=LABELS)
+        self.queue_depth = Gauge(
+            "paliserve_queue_depth", "Requests waiting in the fair queue for an engine slot.", tag_keys=LABELS
+        )
+
+    @staticmethod
+    def tags(tenant: str | None, model: str, **extra: str) -> dict[str, str]:
+        return {"tenant": tenant or OPEN_TENANT, "model": model, **extra}

@@ -1,0 +1,139 @@
+"""The VTC fair queue: service in proportion to weights between backlogged tenants (bounded
+difference), work conservation, no banked credit, and the asyncio gate's waiting rules."""
+
+import asyncio
+import random
+
+import pytest
+
+from serve.errors import Overloaded
+from serve.tenancy.fairness import FairGate, VirtualTokenCounters
+
+
+def serve_backlogged(weights: dict[str, float], costs: dict[str, list[int]], rounds: int) -> dict[str, int]:
+    """Every tenant always has work queued; one slot; return the tokens each was served."""
+    vtc, served, rng = VirtualTokenCounters(), dict.fromkeys(weights, 0), random.Random(0)
+    for tenant in weights:
+        for _ in range(2):
+            vtc.enqueue(tenant, weights[tenant], rng.choice(costs[tenant]), tenant)
+    for _ in range(rounds):
+        waiter = vtc.pop()
+        served[waiter.tenant] += waiter.cost
+        vtc.enqueue(waiter.tenant, weights[waiter.tenant], rng.choice(costs[waiter.tenant]), waiter.tenant)
+    return served
+
+
+def test_equal_weights_get_equal_tokens_within_one_request():
+    costs = {"small": [10, 20, 30], "big": [200, 400]}
+    served = serve_backlogged({"small": 1, "big": 1}, costs, rounds=2000)
+    assert abs(served["small"] - served["big"]) <= 2 * 400  # VTC's bound: on the order of the largest request
+
+
+def test_service_follows_the_weights():
+    served = serve_backlogged({"gold": 3, "bronze": 1}, {"gold": [50], "bronze": [50]}, rounds=4000)
+    assert served["gold"] / served["bronze"] == pytest.approx(3.0, rel=0.01)
+
+
+def test_a_flooder_cannot_delay_a_newcomer_by_more_than_one_request():
+    vtc = VirtualTokenCounters()
+    for i in range(100):
+        vtc.enqueue("flood", 1, 50, f"f{i}")
+    for _ in range(10):
+        vtc.pop()
+    vtc.enqueue("quiet", 1, 50, "q")
+    order = [vtc.pop().item for _ in range(3)]
+    assert "q" in order[:2]
+
+
+def test_idle_time_banks_no_credit():
+    vtc = VirtualTokenCounters()
+    for i in range(50):
+        vtc.enqueue("busy", 1, 10, i)
+    for _ in range(50):
+        vtc.pop()  # busy's counter is now 500; "late" never asked for anything
+    for i in range(20):
+        vtc.enqueue("busy", 1, 10, f"b{i}")
+        vtc.enqueue("late", 1, 10, f"l{i}")
+    first_twenty = [vtc.pop().tenant for _ in range(20)]
+    assert first_twenty.count("late") <= 11  # alternates; it cannot take 50 turns in a row
+
+
+def test_work_conserving_a_lone_tenant_gets_every_slot():
+    served = serve_backlogged({"only": 1}, {"only": [10]}, rounds=100)
+    assert served["only"] == 1000
+
+
+async def _hold(gate: FairGate, tenant: str, log: list, hold: asyncio.Event, cost: int = 10):
+    await gate.admit(tenant, 1.0, cost)
+    log.append(tenant)
+    await hold.wait()
+    gate.release(tenant, 1.0, cost, cost)
+
+
+def test_gate_admits_at_most_capacity_and_lets_a_quiet_tenant_ahead_of_a_backlog():
+    async def scenario():
+        gate, log, hold = FairGate(capacity=2), [], asyncio.Event()
+        flood = [asyncio.create_task(_hold(gate, "flood", log, hold)) for _ in range(20)]
+        await asyncio.sleep(0.01)
+        assert gate.running == 2 and gate.vtc.waiting("flood") == 18
+        quiet = asyncio.create_task(_hold(gate, "quiet", log, hold))
+        await asyncio.sleep(0.01)
+        hold.set()
+        await asyncio.gather(*flood, quiet)
+        return log
+
+    log = asyncio.run(scenario())
+    assert log.index("quiet") <= 3  # two already running, then at most one flood request ahead
+    assert len(log) == 21
+
+
+def test_gate_is_work_conserving():
+    async def scenario():
+        gate, log, hold = FairGate(capacity=4), [], asyncio.Event()
+        tasks = [asyncio.create_task(_hold(gate, "a", log, hold)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        running = gate.running
+        hold.set()
+        await asyncio.gather(*tasks)
+        return running, gate.running
+
+    assert asyncio.run(scenario()) == (3, 0)  # nobody waited while a slot was free
+
+
+def test_a_cancelled_waiter_leaves_the_queue_and_its_slot_goes_on():
+    async def scenario():
+        gate, log, hold = FairGate(capacity=1), [], asyncio.Event()
+        first = asyncio.create_task(_hold(gate, "a", log, hold))
+        await asyncio.sleep(0.01)
+        gone = asyncio.create_task(_hold(gate, "b", log, hold))
+        third = asyncio.create_task(_hold(gate, "c", log, hold))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        assert gate.vtc.waiting() == 1
+        hold.set()
+        await asyncio.gather(first, third)
+        return log, gate.running
+
+    assert asyncio.run(scenario()) == (["a", "c"], 0)
+
+
+def test_waiting_too_long_or_too_many_is_503_with_retry_after():
+    async def scenario():
+        gate, hold = FairGate(capacity=1, max_waiting=1, max_wait_s=0.05), asyncio.Event()
+        holder = asyncio.create_task(_hold(gate, "a", [], hold))
+        await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(gate.admit("b", 1.0, 10))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as full:
+            await gate.admit("c", 1.0, 10)
+        with pytest.raises(Overloaded) as late:
+            await waiter
+        hold.set()
+        await holder
+        return full.value, late.value, gate
+
+    full, late, gate = asyncio.run(scenario())
+    assert full.status_code == late.status_code == 503
+    assert "Retry-After" in full.headers and "Retry-After" in late.headers
+    assert gate.running == 0 and gate.vtc.waiting() == 0
