@@ -11,9 +11,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
+
 from paliserve.spec import (
     ActorResources,
     AdapterPlan,
+    AutoscalingPolicyRef,
     AutoscalingTargets,
     ClusterSpec,
     Cost,
@@ -31,6 +33,7 @@ from .catalog import GPU_CATALOG, Accelerator, accelerator_of
 from .demand import Demand, demands
 from .errors import InfeasiblePlan
 from .placement import ReplicaGroup, place
+from .policy_plan import prometheus_policy
 from .profile import Profile
 from .sizing import Sizing, size_deployment
 
@@ -234,6 +237,22 @@ def _cost(per_type: dict[str, int], pool: dict[str, Accelerator]) -> float | Non
 # --- assembling the plan ------------------------------------------------------------------
 
 
+def _policy(demand: Demand, s: Sizing, spec: ClusterSpec) -> AutoscalingPolicyRef | None:
+    """The Prometheus-driven policy where there is something to scale (max > min replicas)."""
+    options = spec.planner.prometheus_policy
+    if options is None or s.replicas.max <= s.replicas.min:
+        return None
+    ttft_slos = [t.slo.ttft_p95_ms for t in demand.tenants if t.slo is not None]
+    return prometheus_policy(
+        deployment_name(demand.model.name),
+        demand.model.name,
+        s.replicas,
+        target_ongoing_requests=s.max_batch,
+        ttft_slo_ms=min(ttft_slos) if ttft_slos else None,
+        options=options,
+    )
+
+
 def _deployment(demand: Demand, s: Sizing, spec: ClusterSpec) -> DeploymentPlan:
     model = demand.model
     cpu = s.accelerator.device == "cpu"
@@ -296,6 +315,7 @@ def _deployment(demand: Demand, s: Sizing, spec: ClusterSpec) -> DeploymentPlan:
             target_ongoing_requests=s.max_batch,
             upscale_delay_s=spec.planner.upscale_delay_s,
             downscale_delay_s=spec.planner.downscale_delay_s,
+            policy=_policy(demand, s, spec),
         ),
         adapters=adapters,
         tenants=[t.name for t in demand.tenants if t.slo is not None],

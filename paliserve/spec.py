@@ -259,6 +259,21 @@ class HttpOptions(StrictModel):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class PrometheusPolicyOptions(StrictModel):
+    """Thresholds of the Prometheus-driven autoscaling policy (autoscale/policy.py)."""
+
+    waiting_per_replica: float = Field(
+        default=1.0, gt=0, description="Requests waiting in an engine's queue, per replica, before scaling up."
+    )
+    kv_cache_usage_high: float = Field(default=0.85, gt=0, le=1, description="KV-cache fraction that scales up.")
+    kv_cache_usage_low: float = Field(default=0.5, ge=0, le=1, description="Below it a replica may go.")
+    ttft_window_s: float = Field(default=60.0, gt=0, description="Window of the p95 TTFT rate query.")
+    max_data_age_s: float = Field(default=30.0, gt=0, description="Older engine metrics are stale.")
+    prometheus_address: str | None = Field(
+        default=None, description="Prometheus base URL; default RAY_PROMETHEUS_HOST in the Serve controller."
+    )
+
+
 class PlannerOptions(StrictModel):
     """Knobs of the planner; the defaults are what the reasons in a plan explain."""
 
@@ -268,6 +283,10 @@ class PlannerOptions(StrictModel):
     block_size: int = Field(default=16, ge=1, description="vLLM KV block size in tokens.")
     upscale_delay_s: float = Field(default=30.0, ge=0)
     downscale_delay_s: float = Field(default=600.0, ge=0)
+    prometheus_policy: PrometheusPolicyOptions | None = Field(
+        default_factory=PrometheusPolicyOptions,
+        description="Autoscale deployments with max > min replicas on Prometheus signals; null = Serve's default.",
+    )
 
 
 class ClusterSpec(StrictModel):
