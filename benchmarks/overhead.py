@@ -176,8 +176,10 @@ def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path)
     port = free_port()
     env = {**os.environ, "PALISERVE_CACHE": str(workdir / "cache")}
     paliserve = str(Path(sys.executable).with_name("paliserve"))
-    subprocess.run([paliserve, "up", "--detach", "--plan", str(plan_file), "--port", str(port)], env=env, check=True,
-                   capture_output=True, timeout=400)  # fmt: skip
+    started = subprocess.run([paliserve, "up", "--detach", "--plan", str(plan_file), "--port", str(port)], env=env,
+                             capture_output=True, text=True, timeout=400)  # fmt: skip
+    if started.returncode != 0:
+        raise RuntimeError(f"paliserve up failed:\n{started.stdout}\n{started.stderr}")
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}")
         return asyncio.run(measure_http(f"http://127.0.0.1:{port}/v1/chat/completions", "tiny-paligemma", rounds, seconds))
