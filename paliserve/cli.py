@@ -77,6 +77,7 @@ def up(
     max_model_len: Annotated[int, typer.Option(help="Context length for --model.")] = 2048,
     num_gpus: Annotated[Optional[float], typer.Option(help="GPUs Ray may use (default: detected).")] = None,
     detach: Annotated[bool, typer.Option(help="Return once serving; stop later with `paliserve down`.")] = False,
+    prometheus: Annotated[bool, typer.Option(help="Start a Prometheus server scraping the cluster.")] = True,
 ) -> None:
     """Start a local Ray cluster and serve PaliGemma until Ctrl-C (or `paliserve down` with --detach)."""
     from serve.app import build_app
@@ -87,23 +88,36 @@ def up(
         console.print(f"[red]paliserve is already running at {existing.url} (pid {existing.pid}); run `paliserve down`.[/]")
         raise typer.Exit(1)
     serving_plan = _load_plan(plan, model, device, max_model_len)
-    cluster = LocalCluster(http_port=port, num_gpus=num_gpus)
+    metrics_server = _local_prometheus() if prometheus else None
+    cluster = LocalCluster(
+        http_port=port,
+        num_gpus=num_gpus,
+        dashboard=metrics_server is not None,
+        # where the Serve controller's autoscaling policy (and Ray's dashboard) find Prometheus
+        env={"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else None,
+    )
     with console.status("starting Ray"):
         info = cluster.start()
     try:
+        if metrics_server is not None:
+            metrics_server.start(info.temp_dir)
         cluster.connect()
         names = ", ".join(d.model_name for d in serving_plan.deployments)
         with console.status(f"starting the engine for {names} (first start takes a minute)"):
             cluster.serve(build_app(serving_plan))
             wait_until_healthy(info.url)
     except BaseException as exc:
+        if metrics_server is not None:
+            metrics_server.stop()
         cluster.stop()
         console.print(f"[red]paliserve failed to start: {exc}[/]\nRay's log: {info.log_file}")
         raise typer.Exit(1) from None
-    write_state(_state_file(), info)
+    write_state(_state_file(), info, metrics_server.info if metrics_server else None)
     first = serving_plan.deployments[0].model_name
     console.print(f"[green]paliserve is serving[/] {names} at [bold]{info.url}[/]  (OpenAPI: {info.url}/docs)")
     print(_curl_example(info.url, first), flush=True)
+    if metrics_server is not None:
+        console.print(f"Prometheus at [bold]{metrics_server.url}[/] (scraping Ray every {metrics_server.scrape_interval_s:g} s)")
     if detach:
         import ray
 
@@ -116,16 +130,36 @@ def up(
     console.print("press Ctrl-C to stop")
     stop.wait()
     console.print("stopping…")
+    if metrics_server is not None:
+        metrics_server.stop()
     cluster.stop()
     _state_file().unlink(missing_ok=True)
+
+
+def _local_prometheus():
+    from serve.cluster import free_port
+    from serve.prometheus import LocalPrometheus, find_prometheus
+
+    binary = find_prometheus()
+    if binary is None:
+        console.print(
+            "[yellow]prometheus is not installed (Debian package `prometheus`): serving without it; "
+            "the autoscaling policy falls back to ongoing requests[/]"
+        )
+        return None
+    return LocalPrometheus(binary, port=free_port())
 
 
 @app.command()
 def down() -> None:
     """Stop the cluster started by `paliserve up --detach`."""
-    from serve.cluster import LocalCluster, read_state
+    from serve.cluster import LocalCluster, read_prometheus_state, read_state
+    from serve.prometheus import stop_prometheus
 
     info = read_state(_state_file())
+    metrics_server = read_prometheus_state(_state_file())
+    if metrics_server is not None:
+        stop_prometheus(metrics_server)
     if info is None or not _alive(info.pid):
         console.print("paliserve is not running")
         _state_file().unlink(missing_ok=True)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from serve.prometheus import PrometheusInfo
+
 
 # Ray Serve's documented throughput settings that keep a replica's user code and router on its
 # main event loop: fewer thread hand-offs per request, which matters most on small machines.
@@ -31,6 +33,11 @@ SERVE_THROUGHPUT_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_worker_niceness": "0",
 }
+
+# `ray start` turns token authentication on whenever ~/.ray/auth_token exists (any earlier
+# `ray.init()` on the machine writes one), but a driver given an explicit address never does,
+# so it is refused. The cluster listens on loopback only: pin the mode unless the caller set it.
+AUTH_DEFAULT_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 def free_port() -> int:
@@ -67,12 +74,15 @@ class LocalCluster:
         num_gpus: float | None = None,
         temp_dir: str | None = None,
         env: dict[str, str] | None = None,
+        dashboard: bool = False,
     ):
         self.http_port = http_port
         self.num_cpus = num_cpus if num_cpus is not None else max(4, (os.cpu_count() or 1) * 2)
         self.num_gpus = num_gpus
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-ray-", dir="/tmp")
         self.env = env or {}
+        # Ray's dashboard writes the Prometheus service-discovery file; without it there is none.
+        self.dashboard = dashboard
         self.info: ClusterInfo | None = None
 
     def start(self, timeout_s: float = 90) -> ClusterInfo:
@@ -83,11 +93,15 @@ class LocalCluster:
             ray_cli, "start", "--head", "--block", "--disable-usage-stats",
             f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
             f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
-            f"--metrics-export-port={metrics_port}", "--include-dashboard=false",
+            f"--metrics-export-port={metrics_port}",
         ]  # fmt: skip
+        if self.dashboard:
+            cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+        else:
+            cmd.append("--include-dashboard=false")
         if self.num_gpus is not None:
             cmd.append(f"--num-gpus={self.num_gpus}")
-        env = {**SERVE_THROUGHPUT_ENV, **os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        env = {**SERVE_THROUGHPUT_ENV, **AUTH_DEFAULT_ENV, **os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self._proc = proc
@@ -178,12 +192,26 @@ def wait_until_healthy(url: str, timeout_s: float = 300) -> dict:
     raise TimeoutError(f"{url} not healthy after {timeout_s}s: {last}")
 
 
-def write_state(path: Path, info: ClusterInfo) -> None:
+def write_state(path: Path, info: ClusterInfo, prometheus: PrometheusInfo | None = None) -> None:
+    state = asdict(info)
+    state["prometheus"] = {**asdict(prometheus), "url": prometheus.url} if prometheus else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(info), indent=2))
+    path.write_text(json.dumps(state, indent=2))
 
 
 def read_state(path: Path) -> ClusterInfo | None:
     if not path.exists():
         return None
-    return ClusterInfo(**json.loads(path.read_text()))
+    state = json.loads(path.read_text())
+    state.pop("prometheus", None)
+    return ClusterInfo(**state)
+
+
+def read_prometheus_state(path: Path) -> PrometheusInfo | None:
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text()).get("prometheus")
+    if not recorded:
+        return None
+    recorded.pop("url", None)
+    return PrometheusInfo(**recorded)
