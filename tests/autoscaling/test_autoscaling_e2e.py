@@ -45,10 +45,13 @@ def test_load_step_scales_up_to_the_pool_then_back_to_min_and_falls_back_without
         with Load(stack.url, model) as load:
             wait_for(lambda: stack.running() == 2, 150, what="a second replica serving")
             print(f"load step to 2 replicas serving: {time.monotonic() - step:.1f} s")
-            states = wait_for(lambda: (s := stack.replica_states()).get("STARTING") == 1 and s, 30,
-                              what="the third replica pending")  # fmt: skip
-            time.sleep(5)  # pending stays pending: the pool holds two half-GPU replicas
-            assert stack.replica_states() == states == {"RUNNING": 2, "STARTING": 1}
+            wait_for(lambda: stack.replica_states() == {"RUNNING": 2, "STARTING": 1}, 30,
+                     what="the third replica pending")  # fmt: skip
+            # the pool holds two half-GPU replicas: the third never runs beside them (Serve may
+            # still replace a replica whose health check times out on these two busy cores)
+            for _ in range(5):
+                assert stack.running() <= 2
+                time.sleep(1)
             desired = stack.query(f'ray_paliserve_autoscaler_desired_replicas{{deployment="{stack.deployment}"}}')
             assert desired and float(desired[0]["value"][1]) == 3
             assert _reason_is(stack, "scale_up_waiting_requests") or _reason_is(stack, "hold")
