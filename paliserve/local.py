@@ -1,4 +1,8 @@
-"""Plans for `paliserve up` without a planner run: the embedded CPU default and `--model X`."""
+"""Plans for `paliserve up` without a planner run: the embedded CPU default and `--model X`.
+
+These plans have no tenants, so the gateway serves them without API keys and to loopback
+clients only; a plan with tenants (from `paliserve plan`) requires a key on every request.
+"""
 
 from __future__ import annotations
 
@@ -78,13 +82,23 @@ DEFAULT_SPEC = Path(__file__).with_name("defaults") / "local-cpu.yaml"
 
 
 def default_plan() -> Plan:
-    """The embedded default: the tiny model (made on first use) planned on this CPU."""
+    """The embedded default: the tiny model (made on first use) planned on this CPU.
+
+    Served without tenants, like every plan `up` makes without a spec: local development on
+    loopback, no keys. To serve the spec's tenants with keys and quotas, plan it and pass the
+    plan: `paliserve plan paliserve/defaults/local-cpu.yaml -o plan.yaml; paliserve up --plan plan.yaml`.
+    """
     from autoscale.loading import load_spec
     from autoscale.planner import plan
     from paliserve.tiny_model import ensure_tiny_model
 
     os.environ["PALISERVE_TINY_MODEL"] = str(ensure_tiny_model(tiny_model_dir()))
-    return plan(load_spec(DEFAULT_SPEC))
+    return without_tenants(plan(load_spec(DEFAULT_SPEC)))
+
+
+def without_tenants(plan: Plan) -> Plan:
+    """A plan served without authentication (the gateway then serves loopback clients only)."""
+    return plan.model_copy(update={"tenants": []})
 
 
 def tiny_plan(model_dir: str | Path, max_num_seqs: int = 64, max_model_len: int = 512) -> Plan:

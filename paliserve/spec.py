@@ -578,13 +578,6 @@ class TenantPlan(StrictModel):
     predicted_tpot_ms: float = 0.0
     headroom: Headroom = Headroom()
 
-    @model_validator(mode="after")
-    def _hashes(self) -> TenantPlan:
-        for i, digest in enumerate(self.api_key_sha256):
-            if not re.match(SHA256_HEX, digest):
-                raise ValueError(f"api_key_sha256[{i}] must be 64 lowercase hex digits")
-        return self
-
 
 class Cost(StrictModel):
     per_hour_initial: float | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import os
 
@@ -19,8 +21,34 @@ def image_token_count(hf_config) -> int:
     return (vision.image_size // vision.patch_size) ** 2
 
 
+class LoadedAdapter:
+    """A LoRA adapter registered with the engine; Serve's multiplexer calls `__del__` (on a
+    worker thread) when the adapter leaves the replica's LRU set, which unloads it from vLLM."""
+
+    def __init__(self, lora_request, engine, loop: asyncio.AbstractEventLoop):
+        self.lora_request = lora_request
+        self._engine = engine
+        self._loop = loop
+        self._removed = False
+
+    def __del__(self):
+        if self._removed:
+            return
+        self._removed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._engine.remove_lora(self.lora_request.lora_int_id), self._loop)
+        except RuntimeError:  # the loop is gone: the engine is shutting down with it
+            pass
+
+
 class EngineReplica:
-    """Runs one `AsyncLLM`; `generate` streams chunks, `complete` returns one final chunk."""
+    """Runs one `AsyncLLM`; `generate` streams chunks, `complete` returns one final chunk.
+
+    LoRA adapters of the plan are served through Serve model multiplexing: the multiplexed model
+    id is the adapter's name, each replica keeps at most `max_cpu_loras` (else `max_loras`)
+    adapters loaded (least recently used leaves first), and Serve routes a request to a replica
+    that already holds its adapter when one does.
+    """
 
     def __init__(self, deployment: dict):
         self.plan = DeploymentPlan.model_validate(deployment)
@@ -38,6 +66,35 @@ class EngineReplica:
         )
         self.tokenizer = self.engine.get_tokenizer()
         self.image_tokens = image_token_count(self.engine.model_config.hf_config)
+        self.adapters = {a.name: a for a in self.plan.adapters}
+        self._lora_ids = itertools.count(1)
+        self._loaded: dict[int, str] = {}
+        per_replica = args.max_cpu_loras or args.max_loras
+
+        async def load_adapter(name: str) -> LoadedAdapter:  # a function: Serve keeps its LRU state on it
+            return await self._register_adapter(name)
+
+        self._load_adapter = serve.multiplexed(max_num_models_per_replica=per_replica)(load_adapter)
+
+    async def _register_adapter(self, name: str) -> LoadedAdapter:
+        from vllm.lora.request import LoRARequest
+
+        adapter = self.adapters.get(name)
+        if adapter is None or not self.plan.engine_args.enable_lora:
+            raise InvalidRequest(f"No adapter '{name}' on model '{self.plan.model_name}'.", param="model", code="model_not_found")
+        request = LoRARequest(lora_name=name, lora_int_id=next(self._lora_ids), lora_path=adapter.path)
+        await self.engine.add_lora(request)
+        self._loaded[request.lora_int_id] = name
+        logger.info("loaded adapter %s from %s", name, adapter.path)
+        return LoadedAdapter(request, self.engine, asyncio.get_running_loop())
+
+    async def loaded_adapters(self) -> list[str]:
+        """Adapters the engine holds now (as vLLM reports them)."""
+        return sorted(self._loaded[i] for i in await self.engine.list_loras() if i in self._loaded)
+
+    async def _lora_request(self):
+        name = serve.get_multiplexed_model_id()
+        return (await self._load_adapter(name)).lora_request if name else None
 
     def prompt_tokens(self, prompt: str) -> int:
         """Tokens vLLM's PaliGemma processor makes of a prompt: image tokens, <bos>, text, "\n"."""
@@ -91,11 +148,12 @@ class EngineReplica:
         from vllm.exceptions import VLLMClientError
 
         self._check_length(request)
+        lora_request = await self._lora_request()
         params = SamplingParams(**request.sampling_kwargs(), output_kind=output_kind)
         prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
         completion_tokens = 0
         try:
-            async for output in self.engine.generate(prompt, params, request.request_id):
+            async for output in self.engine.generate(prompt, params, request.request_id, lora_request=lora_request):
                 completion = output.outputs[0]
                 completion_tokens += len(completion.token_ids)
                 yield EngineChunk(

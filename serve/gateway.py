@@ -6,9 +6,9 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
@@ -16,11 +16,14 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paliserve import __version__
+from paliserve.spec import TenantPlan
 from serve import tasks
 from serve.config import GatewaySettings
-from serve.errors import APIError, InvalidRequest, ModelNotFound, error_body
+from serve.errors import APIError, InvalidRequest, error_body
 from serve.images import decode_image
 from serve.protocol import EngineChunk, EngineRequest
+from serve.tenancy.access import Target
+from serve.tenancy.admission import Tenancy, TenancyConfig, Ticket
 from serve.schemas import (
     AnswerRequest,
     AssistantMessage,
@@ -44,6 +47,7 @@ from serve.schemas import (
 
 INLINE_DECODE_BYTES = 64 * 1024  # larger images are decoded on a worker thread
 TASK_DEFAULT_MAX_TOKENS = 128
+ESTIMATED_OUTPUT_TOKENS = 64  # fair-queue charge when max_tokens is unset; corrected at the end
 
 app = FastAPI(
     title="paliserve",
@@ -116,6 +120,23 @@ def _finish(chunk: EngineChunk) -> str | None:
     return "length" if chunk.finish_reason == "length" else "stop" if chunk.finish_reason else None
 
 
+async def _authenticated(request: Request) -> TenantPlan | None:
+    """The caller's tenant. A FastAPI dependency: it runs before the body is validated, so a
+    request without a valid key gets 401 whatever its body. The gateway is the replica's
+    servable object (as Serve resolves `self` for ingress routes)."""
+    client = request.client.host if request.client else None
+    tenancy = serve.get_replica_context().servable_object.tenancy
+    return tenancy.authenticate(request.headers.get("authorization"), client)
+
+
+Caller = Annotated[TenantPlan | None, Depends(_authenticated)]
+
+
+def _estimate(prompt: str, max_tokens: int | None) -> int:
+    """Tokens a request is charged in the fair queue before its real count is known."""
+    return len(prompt.split()) + 1 + (max_tokens or ESTIMATED_OUTPUT_TOKENS)
+
+
 def _usage(chunk: EngineChunk) -> Usage:
     return Usage(
         prompt_tokens=chunk.prompt_tokens,
@@ -129,22 +150,27 @@ def _usage(chunk: EngineChunk) -> Usage:
 class Gateway:
     """Validates requests, decodes images, and calls the engine deployment of the model asked for."""
 
-    def __init__(self, engines: dict[str, Any], max_model_lens: dict[str, int], settings: dict | None = None):
+    def __init__(
+        self,
+        engines: dict[str, Any],
+        max_model_lens: dict[str, int],
+        settings: dict | None = None,
+        tenancy: dict | None = None,
+        quota_authority: Any = None,
+    ):
         self.engines = engines
         self.max_model_lens = max_model_lens
         self.settings = GatewaySettings.model_validate(settings or {})
+        config = TenancyConfig(**tenancy) if tenancy else TenancyConfig(capacity={m: 64 for m in engines})
+        self.tenancy = Tenancy(config, quota_authority)
         self.created = int(time.time())
 
     # ---- shared steps ---------------------------------------------------------------------
 
-    def _model(self, requested: str | None) -> str:
-        if requested is None:
-            if len(self.engines) == 1:
-                return next(iter(self.engines))
-            raise InvalidRequest("`model` is required when several models are served.", param="model")
-        if requested not in self.engines:
-            raise ModelNotFound(requested, list(self.engines))
-        return requested
+
+    def _engine(self, target: Target):
+        engine = self.engines[target.model]
+        return engine.options(multiplexed_model_id=target.adapter) if target.adapter else engine
 
     def _max_tokens(self, model: str, value: int | None, param: str) -> int | None:
         limit = self.max_model_lens[model]
@@ -161,17 +187,35 @@ class Gateway:
             return await asyncio.to_thread(decode_image, url, self.settings, param)
         return decode_image(url, self.settings, param)
 
-    async def _complete(self, model: str, request: EngineRequest) -> EngineChunk:
+    async def _complete(self, ticket: Ticket, request: EngineRequest) -> EngineChunk:
         try:
-            return await self.engines[model].complete.remote(request)
+            chunk = await self._engine(ticket.target).complete.remote(request)
+        except asyncio.CancelledError:  # the client went away
+            ticket.finish(499)
+            raise
         except Exception as exc:
-            raise _cause(exc) from None
+            cause = _cause(exc)
+            ticket.finish(cause.status_code if isinstance(cause, APIError) else 500)
+            raise cause from None
+        ticket.finish(200, chunk.prompt_tokens, chunk.completion_tokens)
+        return chunk
+
+    async def admission_state(self) -> dict:
+        """Per model: requests at the engines, waiting per tenant, and VTC counters (Serve handle only)."""
+        return {
+            model: {"running": gate.running, "capacity": gate.capacity,
+                    "waiting": {t: len(q) for t, q in gate.vtc.queues.items() if q},
+                    "counters": dict(gate.vtc.counters)}  # fmt: skip
+            for model, gate in self.tenancy.gates.items()
+        }
 
     # ---- OpenAI API -----------------------------------------------------------------------
 
     @app.get("/v1/models", response_model=ModelList)
-    async def models(self) -> Response:
-        return _json(ModelList(data=[ModelCard(id=m, created=self.created) for m in sorted(self.engines)]))
+    async def models(self, tenant: Caller) -> Response:
+        """The base models and adapters the caller's key may use."""
+        names = self.tenancy.models_for(tenant)
+        return _json(ModelList(data=[ModelCard(id=m, created=self.created) for m in names]))
 
     @app.get("/healthz")
     async def healthz(self) -> Response:
@@ -187,8 +231,9 @@ class Gateway:
         return _json({"status": "ok" if healthy else "unhealthy", "models": states}, 200 if healthy else 503)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion)
-    async def chat_completions(self, body: ChatCompletionRequest, http_request: Request) -> Response:
-        model = self._model(body.model)
+    async def chat_completions(self, body: ChatCompletionRequest, tenant: Caller) -> Response:
+        target = self.tenancy.resolve(body.model, tenant)
+        model = target.model
         prompt, image_url = _prompt_and_image(body)
         image = await self._image(image_url, "messages.content.image_url")
         max_tokens = body.max_completion_tokens or body.max_tokens
@@ -203,29 +248,37 @@ class Gateway:
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
             seed=body.seed,
         )
+        ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, request.max_tokens))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await self._stream(model, request, include_usage)
-        chunk = await self._complete(model, request)
+            return await self._stream(ticket, request, include_usage)
+        chunk = await self._complete(ticket, request)
         return _json(
             ChatCompletion(
                 id=request.request_id,
                 created=int(time.time()),
-                model=model,
+                model=target.name,
                 choices=[Choice(message=AssistantMessage(content=chunk.text), finish_reason=_finish(chunk))],
                 usage=_usage(chunk),
             )
         )
 
-    async def _stream(self, model: str, request: EngineRequest, include_usage: bool) -> Response:
-        stream = self.engines[model].options(stream=True).generate.remote(request)
+    async def _stream(self, ticket: Ticket, request: EngineRequest, include_usage: bool) -> Response:
+        model = ticket.target.name
+        stream = self._engine(ticket.target).options(stream=True).generate.remote(request)
         try:
             first = await stream.__anext__()  # errors before the first token become a 4xx, not a broken stream
+            ticket.first_token_seen()
         except StopAsyncIteration:
             first = None
-        except Exception as exc:
+        except BaseException as exc:
             stream.cancel()
-            raise _cause(exc) from None
+            cause = _cause(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                ticket.finish(499)
+                raise
+            ticket.finish(cause.status_code if isinstance(cause, APIError) else 500)
+            raise cause from None
         created = int(time.time())
 
         def sse(chunk: ChatCompletionChunk) -> str:
@@ -242,7 +295,7 @@ class Gateway:
             )
 
         async def events():
-            last = first
+            last, status = first, 499  # 499: the client went away before the end
             try:
                 yield delta("", role="assistant")
                 if first is not None:
@@ -260,48 +313,52 @@ class Gateway:
                             )
                         )
                 yield "data: [DONE]\n\n"
+                status = 200
             except Exception as exc:  # after headers are sent, errors travel in-band
                 cause = _cause(exc)
+                status = cause.status_code if isinstance(cause, APIError) else 500
                 message = cause.message if isinstance(cause, APIError) else "internal error while generating"
                 yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"
             finally:
                 stream.cancel()  # no-op when finished; aborts the engine request on disconnect
+                ticket.finish(status, last.prompt_tokens if last else 0, last.completion_tokens if last else 0)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # ---- PaliGemma task routes ------------------------------------------------------------
 
-    async def _task(self, body, prompt: str) -> tuple[str, Image.Image, EngineChunk]:
-        model = self._model(body.model)
+    async def _task(self, body, prompt: str, tenant: TenantPlan | None) -> tuple[str, Image.Image, EngineChunk]:
+        target = self.tenancy.resolve(body.model, tenant)
         image = await self._image(body.image, "image")
-        max_tokens = self._max_tokens(model, body.max_tokens or TASK_DEFAULT_MAX_TOKENS, "max_tokens")
+        max_tokens = self._max_tokens(target.model, body.max_tokens or TASK_DEFAULT_MAX_TOKENS, "max_tokens")
         request = EngineRequest(
             request_id=f"task-{uuid.uuid4().hex}", prompt=prompt, image=image, max_tokens=max_tokens, temperature=0.0
         )
-        return model, image, await self._complete(model, request)
+        ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, max_tokens))
+        return target.name, image, await self._complete(ticket, request)
 
-    async def _text_task(self, body, prompt: str) -> Response:
-        model, _, chunk = await self._task(body, prompt)
+    async def _text_task(self, body, prompt: str, tenant: TenantPlan | None) -> Response:
+        model, _, chunk = await self._task(body, prompt, tenant)
         return _json(
             TextResult(model=model, prompt=prompt, text=chunk.text.strip(), finish_reason=_finish(chunk), usage=_usage(chunk))
         )
 
     @app.post("/v1/vision/caption", response_model=TextResult)
-    async def caption(self, body: CaptionRequest) -> Response:
-        return await self._text_task(body, tasks.caption_prompt(body.language))
+    async def caption(self, body: CaptionRequest, tenant: Caller) -> Response:
+        return await self._text_task(body, tasks.caption_prompt(body.language), tenant)
 
     @app.post("/v1/vision/ocr", response_model=TextResult)
-    async def ocr(self, body: OCRRequest) -> Response:
-        return await self._text_task(body, tasks.ocr_prompt())
+    async def ocr(self, body: OCRRequest, tenant: Caller) -> Response:
+        return await self._text_task(body, tasks.ocr_prompt(), tenant)
 
     @app.post("/v1/vision/answer", response_model=TextResult)
-    async def answer(self, body: AnswerRequest) -> Response:
-        return await self._text_task(body, tasks.answer_prompt(body.language, body.question))
+    async def answer(self, body: AnswerRequest, tenant: Caller) -> Response:
+        return await self._text_task(body, tasks.answer_prompt(body.language, body.question), tenant)
 
     @app.post("/v1/vision/detect", response_model=DetectResult)
-    async def detect(self, body: DetectRequest) -> Response:
+    async def detect(self, body: DetectRequest, tenant: Caller) -> Response:
         prompt = tasks.detect_prompt(body.objects)
-        model, image, chunk = await self._task(body, prompt)
+        model, image, chunk = await self._task(body, prompt, tenant)
         return _json(
             DetectResult(
                 model=model,

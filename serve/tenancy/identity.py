@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 
-from paliserve.spec import TenantPlan
+from paliserve.spec import SHA256_HEX, TenantPlan
 from serve.errors import Unauthorized
 
 BEARER = "bearer "
@@ -39,6 +40,10 @@ class TenantDirectory:
 
     def __init__(self, tenants: Iterable[TenantPlan]):
         self.tenants = {t.name: t for t in tenants}
+        for tenant in self.tenants.values():
+            for i, digest in enumerate(tenant.api_key_sha256):
+                if not re.match(SHA256_HEX, digest):  # a plain key would never match, and must not be served
+                    raise ValueError(f"tenant {tenant.name}: api_key_sha256[{i}] is not 64 lowercase hex digits")
         self._digests = [(digest, t) for t in self.tenants.values() for digest in t.api_key_sha256]
 
     @property

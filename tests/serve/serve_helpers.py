@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 
+from conftest import AUTH  # noqa: F401  (the local tenant's key, sent by every serving test)
+
 
 def png_bytes(size=(28, 28), color=(200, 40, 40), fmt="PNG") -> bytes:
     from PIL import Image

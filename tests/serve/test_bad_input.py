@@ -5,7 +5,7 @@ import base64
 import httpx
 import openai
 import pytest
-from serve_helpers import chat_body, data_url, png_bytes
+from serve_helpers import AUTH, chat_body, data_url, png_bytes
 from test_images import _png_header_only
 
 pytestmark = pytest.mark.engine
@@ -27,7 +27,7 @@ def check_error(reply: httpx.Response, status: int, param=..., code=...) -> dict
 
 def chat(url, body=None, content=None, headers=None):
     kwargs = {"json": body} if content is None else {"content": content}
-    return httpx.post(f"{url}/v1/chat/completions", timeout=60, headers=headers, **kwargs)
+    return httpx.post(f"{url}/v1/chat/completions", timeout=60, headers={**AUTH, **(headers or {})}, **kwargs)
 
 
 def test_malformed_json(url):
@@ -100,16 +100,16 @@ def test_unknown_model(url):
 
 
 def test_task_route_errors_name_the_field(url):
-    r = httpx.post(f"{url}/v1/vision/caption", json={"max_tokens": 4}, timeout=60)
+    r = httpx.post(f"{url}/v1/vision/caption", json={"max_tokens": 4}, headers=AUTH, timeout=60)
     check_error(r, 400, "image")
-    r = httpx.post(f"{url}/v1/vision/detect", json={"image": GOOD_IMAGE, "objects": ["a;b"]}, timeout=60)
+    r = httpx.post(f"{url}/v1/vision/detect", json={"image": GOOD_IMAGE, "objects": ["a;b"]}, headers=AUTH, timeout=60)
     check_error(r, 400, "objects.0")
-    r = httpx.post(f"{url}/v1/vision/answer", json={"image": "data:image/png;base64,AAAA"}, timeout=60)
+    r = httpx.post(f"{url}/v1/vision/answer", json={"image": "data:image/png;base64,AAAA"}, headers=AUTH, timeout=60)
     check_error(r, 400, "question")
 
 
 def test_unknown_route_is_404_in_the_same_format(url):
-    check_error(httpx.get(f"{url}/v1/nope", timeout=30), 404)
+    check_error(httpx.get(f"{url}/v1/nope", headers=AUTH, timeout=30), 404)
 
 
 def test_openai_client_sees_typed_errors(openai_client):

@@ -4,7 +4,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import chat_body, data_url, png_bytes
+from serve_helpers import AUTH, chat_body, data_url, png_bytes
 
 pytestmark = pytest.mark.engine
 
@@ -21,7 +21,7 @@ def test_disconnect_mid_stream_aborts_the_engine_request(url, ray_client):
     body = chat_body(image=data_url(png_bytes()), stream=True, max_tokens=2000, temperature=0)
     started = time.monotonic()
     with httpx.Client(timeout=60) as client:
-        with client.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
+        with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH) as reply:
             assert reply.status_code == 200
             lines = reply.iter_lines()
             for _ in range(6):
@@ -35,6 +35,6 @@ def test_disconnect_mid_stream_aborts_the_engine_request(url, ray_client):
     freed_after = time.monotonic() - started
 
     # the same request run to completion takes longer than the abort did
-    full = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=120)
+    full = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, headers=AUTH, timeout=120)
     assert full.json()["usage"]["completion_tokens"] > 1000, "too short to tell an abort from completion"
     assert freed_after < full.elapsed.total_seconds()

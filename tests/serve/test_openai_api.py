@@ -1,7 +1,7 @@
 """The OpenAI-compatible API through the official `openai` client against the real stack."""
 
 import pytest
-from serve_helpers import data_url, png_bytes
+from serve_helpers import AUTH, data_url, png_bytes
 
 pytestmark = pytest.mark.engine
 
@@ -81,7 +81,7 @@ def test_model_may_be_omitted_when_one_is_served(url):
     import httpx
 
     body = {"messages": messages(), "max_tokens": 2}
-    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
     assert reply.status_code == 200 and reply.json()["model"] == "tiny-paligemma"
 
 

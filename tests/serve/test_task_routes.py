@@ -2,7 +2,7 @@
 
 import httpx
 import pytest
-from serve_helpers import data_url, png_bytes
+from serve_helpers import AUTH, data_url, png_bytes
 
 from serve import tasks
 
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.engine
 
 
 def post(url, route, **body):
-    reply = httpx.post(f"{url}/v1/vision/{route}", json={"max_tokens": 24, **body}, timeout=60)
+    reply = httpx.post(f"{url}/v1/vision/{route}", json={"max_tokens": 24, **body}, headers=AUTH, timeout=60)
     assert reply.status_code == 200, reply.text
     return reply.json()
 

@@ -47,8 +47,8 @@ def test_bearer_parsing():
     assert bearer_key("Token abc") is None
 
 
-def test_plans_refuse_keys_that_are_not_sha256_hex():
-    with pytest.raises(ValueError, match="64 lowercase hex"):
-        TenantPlan(name="a", api_key_sha256=["sk-plaintext-key"])
-    with pytest.raises(ValueError):
-        TenantPlan(name="a", api_key_sha256=[key_digest("k").upper()])
+def test_a_directory_refuses_digests_that_are_not_sha256_hex():
+    for bad in ["sk-plaintext-key", key_digest("k").upper()]:
+        with pytest.raises(ValueError, match="64 lowercase hex") as err:
+            TenantDirectory([TenantPlan(name="a", api_key_sha256=[bad])])
+        assert bad not in str(err.value)
