@@ -32,7 +32,7 @@ LOCAL_KEY = "sk-local-dev"
 AUTH = {"Authorization": f"Bearer {LOCAL_KEY}"}
 # Admission capacity of the test stack (the plan's predicted per-replica concurrency): small
 # enough that a flood of 20 concurrent requests queues in the fair queue.
-TEST_ADMISSION_CAPACITY = 8
+TEST_ADMISSION_CAPACITY = 4
 # Tenant -> (key, base models, adapters it owns, limits, weight, TTFT p95 SLO in ms)
 TEST_TENANTS = {
     "local": (LOCAL_KEY, ["tiny-paligemma"], [], {}, 1.0, 2000),
@@ -42,7 +42,7 @@ TEST_TENANTS = {
     "rpm": ("sk-test-rpm", ["tiny-paligemma"], [], {"requests_per_min": 40}, 1.0, 2000),
     "tpm": ("sk-test-tpm", ["tiny-paligemma"], [], {"tokens_per_min": 1200}, 1.0, 2000),
     "conc": ("sk-test-conc", ["tiny-paligemma"], [], {"max_concurrency": 2}, 1.0, 2000),
-    "quiet": ("sk-test-quiet", ["tiny-paligemma"], [], {}, 1.0, 1000),
+    "quiet": ("sk-test-quiet", ["tiny-paligemma"], [], {}, 1.0, 2000),  # local-cpu.yaml's TTFT SLO
     "flood": ("sk-test-flood", ["tiny-paligemma"], [], {}, 1.0, 2000),
     "metered": ("sk-test-metered", ["tiny-paligemma"], [], {}, 1.0, 2000),
 }
