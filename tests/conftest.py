@@ -165,3 +165,22 @@ def openai_client(url):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{url}/v1", api_key=LOCAL_KEY, max_retries=0, timeout=60)
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    # Ray's and vLLM's native threads can crash the interpreter while it tears down after the
+    # session (seen here: a segfault after every test had passed and the summary was printed),
+    # which would turn a green run into exit code 139. Leave with pytest's own status instead.
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)
