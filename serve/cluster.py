@@ -104,7 +104,6 @@ class LocalCluster:
         env = {**SERVE_THROUGHPUT_ENV, **AUTH_DEFAULT_ENV, **os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self._proc = proc
         self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file)
         self._wait_for_gcs(proc, timeout_s)
         return self.info
