@@ -30,7 +30,6 @@ def _current_reason(stack) -> str | None:
 
 
 def test_load_step_scales_up_to_the_pool_then_back_to_min_and_falls_back_without_prometheus(tiny_model_dir):
-    started = time.monotonic()
     with step_stack(tiny_model_dir) as stack:
         model = stack.plan.deployments[0].model_name
         assert stack.running() == 1
@@ -70,4 +69,3 @@ def test_load_step_scales_up_to_the_pool_then_back_to_min_and_falls_back_without
         controller_log = "".join(p.read_text(errors="replace") for p in logs.glob("controller_*.log"))
         assert "reason=fallback_ongoing_requests" in controller_log and "prometheus_unreachable" in controller_log
         assert stack.running() == 1
-    assert time.monotonic() - started < 300
