@@ -62,6 +62,7 @@ def plan(spec: ClusterSpec, profiles: Sequence[tuple[Profile, str]] = ()) -> Pla
         gpu_layout=layout,
         cost=Cost(per_hour_initial=_cost(per_type_initial, pool), per_hour_max=_cost(per_type, pool)),
         http=spec.http,
+        gateway=spec.gateway,
         reasons=_plan_reasons(needs, chosen, ranked, profiles),
     )
 

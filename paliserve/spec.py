@@ -259,6 +259,23 @@ class HttpOptions(StrictModel):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class GatewaySettings(StrictModel):
+    """What a client may send the gateway, and how long a request may take."""
+
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Encoded image size cap.")
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0, description="width x height cap, checked before decoding.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0, description="Request body cap; larger gets 413.")
+    allowed_image_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+    request_timeout_s: float = Field(
+        default=300.0, gt=0, description="From admission to the last token; past it the engine request is aborted."
+    )
+    remote_image_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (`name` or `name:port`) whose http(s) image URLs the gateway fetches; none by default.",
+    )
+    remote_image_timeout_s: float = Field(default=10.0, gt=0, description="Whole fetch of one remote image.")
+
+
 class PrometheusPolicyOptions(StrictModel):
     """Thresholds of the Prometheus-driven autoscaling policy (autoscale/policy.py)."""
 
@@ -297,6 +314,7 @@ class ClusterSpec(StrictModel):
     gpus: list[GpuSpec] = Field(min_length=1)
     tenants: list[TenantSpec] = Field(min_length=1)
     http: HttpOptions = HttpOptions()
+    gateway: GatewaySettings = GatewaySettings()
     planner: PlannerOptions = PlannerOptions()
 
     @model_validator(mode="after")
@@ -596,6 +614,7 @@ class Plan(StrictModel):
     gpu_layout: list[GpuLayout] = Field(default_factory=list)
     cost: Cost = Cost()
     http: HttpOptions = HttpOptions()
+    gateway: GatewaySettings = GatewaySettings()
     reasons: list[str] = Field(default_factory=list, description="Plan-wide decisions, in order.")
 
     @model_validator(mode="after")

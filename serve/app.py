@@ -29,7 +29,7 @@ def tenancy_config(plan: Plan) -> dict:
     }
 
 
-def build_app(plan: Plan, gateway_settings: dict | None = None):
+def build_app(plan: Plan):
     engines = {d.model_name: engine_deployment(d).bind(d.model_dump(mode="json")) for d in plan.deployments}
     max_model_lens = {d.model_name: d.engine_args.max_model_len for d in plan.deployments}
     limited = {t.name: t.limits.model_dump() for t in plan.tenants if any(v is not None for v in t.limits.model_dump().values())}
@@ -38,10 +38,10 @@ def build_app(plan: Plan, gateway_settings: dict | None = None):
     # queue (Serve's default of 5 ongoing requests would queue the rest at the proxy, unfairly).
     ongoing = max(GATEWAY_MIN_ONGOING, sum(d.max_ongoing_requests * d.replicas.max for d in plan.deployments) * 4)
     gateway = Gateway.options(max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": 0.25})
-    return gateway.bind(engines, max_model_lens, gateway_settings, tenancy_config(plan), authority)
+    return gateway.bind(engines, max_model_lens, plan.gateway.model_dump(mode="json"), tenancy_config(plan), authority)
 
 
 def app_builder(args: dict[str, Any]):
     """Entry point for Serve config files (`import_path: serve.app:app_builder`)."""
     plan = Plan.model_validate(args["plan"])
-    return build_app(plan, args.get("gateway"))
+    return build_app(plan)

@@ -64,6 +64,17 @@ class Overloaded(APIError):
     error_type = "server_error"
 
 
+class RequestTimeout(APIError):
+    """The request ran past the gateway's request_timeout_s; its engine work was aborted."""
+
+    status_code = 504
+    error_type = "server_error"
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+
+
 class Unauthorized(APIError):
     status_code = 401
     error_type = "authentication_error"

@@ -16,11 +16,12 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paliserve import __version__
-from paliserve.spec import TenantPlan
+from paliserve.spec import GatewaySettings, TenantPlan
 from serve import tasks
-from serve.config import GatewaySettings
-from serve.errors import APIError, InvalidRequest, error_body
+from serve.body_limit import BodySizeLimit
+from serve.errors import APIError, InvalidRequest, RequestTimeout, error_body
 from serve.images import decode_image
+from serve.remote_images import fetch_image, is_remote
 from serve.protocol import EngineChunk, EngineRequest
 from serve.tenancy.access import Target
 from serve.tenancy.admission import Tenancy, TenancyConfig, Ticket
@@ -88,7 +89,16 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return _json(error_body(str(exc.detail), kind, None, None), exc.status_code)
+    code = "request_too_large" if exc.status_code == 413 else None
+    return _json(error_body(str(exc.detail), kind, None, code), exc.status_code)
+
+
+def _gateway() -> Gateway:
+    """The replica's Gateway instance (as Serve resolves `self` for ingress routes)."""
+    return serve.get_replica_context().servable_object
+
+
+app.add_middleware(BodySizeLimit, limit=lambda: _gateway().settings.max_body_bytes)
 
 
 def _prompt_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
@@ -116,6 +126,10 @@ def _prompt_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
     return "\n".join(t.strip() for t in texts if t.strip()), images[0]
 
 
+async def _result(response):
+    return await response
+
+
 def _finish(chunk: EngineChunk) -> str | None:
     return "length" if chunk.finish_reason == "length" else "stop" if chunk.finish_reason else None
 
@@ -123,10 +137,9 @@ def _finish(chunk: EngineChunk) -> str | None:
 async def _authenticated(request: Request) -> TenantPlan | None:
     """The caller's tenant. A FastAPI dependency: it runs before the body is validated, so a
     request without a valid key gets 401 whatever its body. The gateway is the replica's
-    servable object (as Serve resolves `self` for ingress routes)."""
+    servable object."""
     client = request.client.host if request.client else None
-    tenancy = serve.get_replica_context().servable_object.tenancy
-    return tenancy.authenticate(request.headers.get("authorization"), client)
+    return _gateway().tenancy.authenticate(request.headers.get("authorization"), client)
 
 
 Caller = Annotated[TenantPlan | None, Depends(_authenticated)]
@@ -183,13 +196,20 @@ class Gateway:
         return value
 
     async def _image(self, url: str, param: str) -> Image.Image:
+        if is_remote(url) and self.settings.remote_image_hosts:
+            return await fetch_image(url, self.settings, param)
         if len(url) > INLINE_DECODE_BYTES:
             return await asyncio.to_thread(decode_image, url, self.settings, param)
         return decode_image(url, self.settings, param)
 
     async def _complete(self, ticket: Ticket, request: EngineRequest) -> EngineChunk:
+        response = self._engine(ticket.target).complete.remote(request)
         try:
-            chunk = await self._engine(ticket.target).complete.remote(request)
+            chunk = await asyncio.wait_for(_result(response), self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()  # aborts the engine request
+            ticket.finish(504)
+            raise self._timed_out() from None
         except asyncio.CancelledError:  # the client went away
             ticket.finish(499)
             raise
@@ -199,6 +219,13 @@ class Gateway:
             raise cause from None
         ticket.finish(200, chunk.prompt_tokens, chunk.completion_tokens)
         return chunk
+
+    def _timed_out(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"The request did not finish within the server's limit of {self.settings.request_timeout_s:g} s "
+            "and was stopped; ask for fewer tokens or retry later.",
+            code="timeout",
+        )
 
     async def admission_state(self) -> dict:
         """Per model: requests at the engines, waiting per tenant, and VTC counters (Serve handle only)."""
@@ -266,8 +293,13 @@ class Gateway:
     async def _stream(self, ticket: Ticket, request: EngineRequest, include_usage: bool) -> Response:
         model = ticket.target.name
         stream = self._engine(ticket.target).options(stream=True).generate.remote(request)
+        deadline = time.monotonic() + self.settings.request_timeout_s
+
+        async def next_chunk() -> EngineChunk:
+            return await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
+
         try:
-            first = await stream.__anext__()  # errors before the first token become a 4xx, not a broken stream
+            first = await next_chunk()  # errors before the first token become a 4xx, not a broken stream
             ticket.first_token_seen()
         except StopAsyncIteration:
             first = None
@@ -277,6 +309,8 @@ class Gateway:
             if isinstance(exc, asyncio.CancelledError):
                 ticket.finish(499)
                 raise
+            if isinstance(exc, asyncio.TimeoutError):
+                cause = self._timed_out()
             ticket.finish(cause.status_code if isinstance(cause, APIError) else 500)
             raise cause from None
         created = int(time.time())
@@ -301,7 +335,11 @@ class Gateway:
                 if first is not None:
                     if first.text:
                         yield delta(first.text)
-                    async for last in stream:
+                    while True:
+                        try:
+                            last = await next_chunk()
+                        except StopAsyncIteration:
+                            break
                         if last.text:
                             yield delta(last.text)
                 if last is not None:
@@ -315,10 +353,11 @@ class Gateway:
                 yield "data: [DONE]\n\n"
                 status = 200
             except Exception as exc:  # after headers are sent, errors travel in-band
-                cause = _cause(exc)
+                cause = self._timed_out() if isinstance(exc, asyncio.TimeoutError) else _cause(exc)
                 status = cause.status_code if isinstance(cause, APIError) else 500
                 message = cause.message if isinstance(cause, APIError) else "internal error while generating"
-                yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"
+                code = cause.code if isinstance(cause, APIError) else None
+                yield f"data: {json.dumps(error_body(message, 'server_error', None, code))}\n\n"
             finally:
                 stream.cancel()  # no-op when finished; aborts the engine request on disconnect
                 ticket.finish(status, last.prompt_tokens if last else 0, last.completion_tokens if last else 0)

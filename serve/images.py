@@ -7,36 +7,34 @@ import binascii
 import io
 import re
 import warnings
+from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from serve.config import GatewaySettings
+from paliserve.spec import GatewaySettings
 from serve.errors import InvalidRequest
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)$", re.S)
 
 
 def decode_image(url: str, settings: GatewaySettings, param: str) -> Image.Image:
-    """Turn a `data:` URL (or bare base64) into an RGB image, or raise InvalidRequest."""
+    """Turn a `data:` URL (or bare base64) into an RGB image, or raise InvalidRequest.
+
+    http(s) URLs are refused here: fetching is serve.remote_images' job, for allowed hosts only."""
     if url.startswith(("http://", "https://")):
-        raise InvalidRequest(
-            "Remote image URLs are not fetched by this server; send the image inline as a "
-            "base64 data URL (data:image/png;base64,...).",
-            param=param,
-            code="remote_image_url_disabled",
-        )
+        raise refuse_remote(url, settings, param)
     match = _DATA_URL.match(url)
     payload = match.group("data") if match else url
     if not match and url.startswith("data:"):
         raise InvalidRequest("Image data URL must be base64-encoded (data:<mime>;base64,<data>).", param=param)
     if len(payload) > settings.max_image_bytes * 4 // 3 + 4:
-        raise _too_large(len(payload) * 3 // 4, settings, param)
+        raise image_too_large(len(payload) * 3 // 4, settings, param)
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(f"Image is not valid base64: {exc}", param=param, code="invalid_base64") from None
     if len(raw) > settings.max_image_bytes:
-        raise _too_large(len(raw), settings, param)
+        raise image_too_large(len(raw), settings, param)
     return open_image(raw, settings, param)
 
 
@@ -72,9 +70,26 @@ def open_image(raw: bytes, settings: GatewaySettings, param: str) -> Image.Image
         raise InvalidRequest(f"Image could not be decoded: {exc}", param=param, code="invalid_image") from None
 
 
-def _too_large(size: int, settings: GatewaySettings, param: str) -> InvalidRequest:
+def image_too_large(size: int, settings: GatewaySettings, param: str) -> InvalidRequest:
     return InvalidRequest(
         f"Image is {size} bytes, over the limit of {settings.max_image_bytes} bytes.",
         param=param,
         code="image_too_large",
+    )
+
+
+def refuse_remote(url: str, settings: GatewaySettings, param: str) -> InvalidRequest:
+    host = urlsplit(url).netloc or url
+    if not settings.remote_image_hosts:
+        return InvalidRequest(
+            "Remote image URLs are not fetched by this server; send the image inline as a "
+            "base64 data URL (data:image/png;base64,...).",
+            param=param,
+            code="remote_image_url_disabled",
+        )
+    return InvalidRequest(
+        f"Images are fetched only from allowed hosts, and {host} is not one of them; send the image "
+        "inline as a base64 data URL instead.",
+        param=param,
+        code="remote_image_host_not_allowed",
     )
