@@ -18,6 +18,7 @@ from serve.tenancy.metrics import TenantMetrics
 logger = logging.getLogger("paliserve.tenancy")
 AUTHORITY_TIMEOUT_S = 5.0
 OPEN_WEIGHT = 1.0
+QUEUE_SHARE_OF_TTFT = 0.5  # the other half is left for prefill and the engine's own queue
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Ticket:
     target: Target
     estimate: int
     received: float
+    admitted: float | None = None
     first_token: float | None = None
     done: bool = False
 
@@ -122,7 +124,8 @@ class Tenancy:
         if gate.running >= gate.capacity or gate.vtc.waiting():
             self.metrics.queue_depth.set(gate.vtc.waiting(name) + 1, tags=tags)
         try:
-            await gate.admit(name, weight, estimate)
+            await gate.admit(name, weight, estimate, self._wait_budget(tenant))
+            ticket.admitted = time.monotonic()
         except BaseException as exc:
             self._count(tags, -1)
             if self.limited(tenant):
@@ -149,7 +152,8 @@ class Tenancy:
 
     def release(self, ticket: Ticket, tokens: int) -> None:
         name, weight = self._fair_identity(ticket.tenant)
-        self.gates[ticket.target.model].release(name, weight, ticket.estimate, tokens)
+        held = time.monotonic() - ticket.admitted if ticket.admitted is not None else None
+        self.gates[ticket.target.model].release(name, weight, ticket.estimate, tokens, held)
         self._count(ticket.tags, -1)
         if self.limited(ticket.tenant):
             self._settle_quota(ticket.tenant, tokens)
@@ -172,6 +176,13 @@ class Tenancy:
             except Exception as exc:
                 logger.warning("settling quota of %s failed (attempt %d): %s", tenant, attempt + 1, type(exc).__name__)
                 await asyncio.sleep(0.5 * (attempt + 1))
+
+    @staticmethod
+    def _wait_budget(tenant: TenantPlan | None) -> float | None:
+        """The part of the tenant's TTFT objective a request may spend waiting for a slot."""
+        if tenant is None or tenant.slo is None:
+            return None
+        return tenant.slo.ttft_p95_ms / 1000 * QUEUE_SHARE_OF_TTFT
 
     @staticmethod
     def _fair_identity(tenant: TenantPlan | None) -> tuple[str, float]:

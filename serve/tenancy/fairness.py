@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from serve.errors import Overloaded, retry_after
+
+
+SERVICE_EWMA = 0.2  # weight of the newest request in the moving average of slot holding time
 
 
 @dataclass
@@ -71,6 +75,17 @@ class VirtualTokenCounters:
                     return True
         return False
 
+    def ahead_of(self, tenant: str, weight: float) -> int:
+        """About how many waiting requests leave before a new one of `tenant`: its own queue,
+        and from each other backlogged tenant its weighted share of as many turns."""
+        own = len(self.queues.get(tenant, ()))
+        others = (
+            min(len(q), math.ceil((own + 1) * q[0].weight / weight))
+            for t, q in self.queues.items()
+            if q and t != tenant
+        )
+        return own + sum(others)
+
     def waiting(self, tenant: str | None = None) -> int:
         if tenant is not None:
             return len(self.queues.get(tenant, ()))
@@ -90,8 +105,18 @@ class FairGate:
         self.max_wait_s = max_wait_s
         self.running = 0
         self.vtc = VirtualTokenCounters()
+        self.service_s: float | None = None  # moving average of how long a request holds a slot
 
-    async def admit(self, tenant: str, weight: float, estimate: int) -> None:
+    def expected_wait(self, tenant: str, weight: float) -> float | None:
+        """Seconds a request arriving now would wait for a slot, once service times are known."""
+        if self.service_s is None:
+            return None
+        return (self.vtc.ahead_of(tenant, weight) + 1) * self.service_s / self.capacity
+
+    async def admit(self, tenant: str, weight: float, estimate: int, wait_budget_s: float | None = None) -> None:
+        """Take a slot, waiting in VTC order when all are taken. A request whose expected wait
+        is over `wait_budget_s` is refused at once (503, Retry-After) instead of queueing into
+        a latency its tenant's SLO does not allow."""
         if self.running < self.capacity and not self.vtc.waiting():
             self.running += 1
             self.vtc.charge(tenant, weight, estimate)
@@ -101,6 +126,14 @@ class FairGate:
                 f"The server is overloaded: {self.vtc.waiting()} requests are waiting. Retry shortly.",
                 code="overloaded",
                 headers=retry_after(1),
+            )
+        expected = self.expected_wait(tenant, weight)
+        if wait_budget_s is not None and expected is not None and expected > wait_budget_s:
+            raise Overloaded(
+                f"The server is overloaded: the wait for the engines is about {expected:.1f} s, more than this "
+                f"tenant's latency objective allows ({wait_budget_s:.1f} s). Retry shortly.",
+                code="overloaded",
+                headers=retry_after(expected),
             )
         granted = asyncio.get_running_loop().create_future()
         self.vtc.enqueue(tenant, weight, estimate, granted)
@@ -122,8 +155,10 @@ class FairGate:
                 ) from None
             raise
 
-    def release(self, tenant: str, weight: float, estimate: int, actual: int) -> None:
+    def release(self, tenant: str, weight: float, estimate: int, actual: int, held_s: float | None = None) -> None:
         self.running -= 1
+        if held_s is not None:
+            self.service_s = held_s if self.service_s is None else (1 - SERVICE_EWMA) * self.service_s + SERVICE_EWMA * held_s
         if actual != estimate:
             self.vtc.charge(tenant, weight, actual - estimate)
         self._dispatch()

@@ -137,3 +137,52 @@ def test_waiting_too_long_or_too_many_is_503_with_retry_after():
     assert full.status_code == late.status_code == 503
     assert "Retry-After" in full.headers and "Retry-After" in late.headers
     assert gate.running == 0 and gate.vtc.waiting() == 0
+
+
+def test_ahead_of_counts_own_queue_and_each_other_tenants_weighted_share():
+    vtc = VirtualTokenCounters()
+    for i in range(30):
+        vtc.enqueue("flood", 1, 10, f"f{i}")
+    assert vtc.ahead_of("quiet", 1) == 1  # one flood request may leave first, not thirty
+    vtc.enqueue("quiet", 1, 10, "q0")
+    assert vtc.ahead_of("quiet", 1) == 1 + 2
+    assert vtc.ahead_of("gold", 4) == 2  # a quarter turn of each backlogged tenant's, rounded up
+    assert vtc.ahead_of("flood", 1) == 30 + 1  # behind its own thirty and the quiet tenant's one
+
+
+def test_a_request_that_would_wait_past_its_budget_is_refused_at_once_with_retry_after():
+    async def scenario():
+        gate, hold = FairGate(capacity=2), asyncio.Event()
+        assert gate.expected_wait("a", 1.0) is None  # nothing measured yet: no early refusal
+        gate.service_s = 4.0
+        holders = [asyncio.create_task(_hold(gate, "a", [], hold)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(gate.admit("a", 1.0, 10, wait_budget_s=10.0)) for _ in range(4)]
+        await asyncio.sleep(0.01)  # queued: expected waits 2, 4, 6 and 8 s
+        assert gate.vtc.waiting() == 4
+        with pytest.raises(Overloaded) as refused:
+            await gate.admit("a", 1.0, 10, wait_budget_s=9.0)  # fifth in line: 10 s
+        quiet = asyncio.create_task(gate.admit("b", 1.0, 10, wait_budget_s=3.0))  # behind one of a's: 4 s
+        await asyncio.sleep(0.01)
+        assert quiet.done() and isinstance(quiet.exception(), Overloaded)
+        fits = asyncio.create_task(gate.admit("c", 1.0, 10, wait_budget_s=5.0))
+        await asyncio.sleep(0.01)
+        assert not fits.done()  # waits: 4 s is within its budget
+        for task in [*waiting, fits]:
+            task.cancel()
+        hold.set()
+        await asyncio.gather(*holders)
+        return refused.value, gate
+
+    refused, gate = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "10"
+    assert "10.0 s" in refused.message and "9.0 s" in refused.message
+    assert gate.running == 0 and gate.vtc.waiting() == 0
+
+
+def test_service_time_is_a_moving_average_of_slot_holding_time():
+    gate = FairGate(capacity=1)
+    gate.running = 2
+    gate.release("a", 1.0, 10, 10, held_s=1.0)
+    gate.release("a", 1.0, 10, 10, held_s=2.0)
+    assert gate.service_s == pytest.approx(0.8 * 1.0 + 0.2 * 2.0)
