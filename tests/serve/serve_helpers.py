@@ -25,3 +25,11 @@ def chat_body(text: str = "caption en", image: str | None = None, **extra) -> di
     if image is not None:
         content.append({"type": "image_url", "image_url": {"url": image}})
     return {"model": "tiny-paligemma", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def engine_in_flight(ray_client) -> int:
+    """Requests running in the session stack's (one) engine replica."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("tiny-paligemma", app_name="paliserve")
+    return handle.in_flight.remote().result(timeout_s=30)

@@ -4,16 +4,9 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import AUTH, chat_body, data_url, png_bytes
+from serve_helpers import AUTH, chat_body, data_url, engine_in_flight, png_bytes
 
 pytestmark = pytest.mark.engine
-
-
-def engine_in_flight(ray_client) -> int:
-    from ray import serve
-
-    handle = serve.get_deployment_handle("tiny-paligemma", app_name="paliserve")
-    return handle.in_flight.remote().result(timeout_s=30)
 
 
 def test_disconnect_mid_stream_aborts_the_engine_request(url, ray_client):
