@@ -20,6 +20,7 @@ from loadtests.cli import register as register_loadtest_commands
 from paliserve import local
 from paliserve.spec import Plan
 
+APP_NAME = "paliserve"
 app = typer.Typer(help="Serve PaliGemma for many tenants on Ray Serve and vLLM.", no_args_is_help=True)
 console = Console(stderr=True)
 register_planner_commands(app)
@@ -82,19 +83,25 @@ def up(
     """Start a local Ray cluster and serve PaliGemma until Ctrl-C (or `paliserve down` with --detach)."""
     from serve.app import build_app
     from serve.cluster import LocalCluster, read_state, wait_until_healthy, write_state
+    from serve.preflight import check_plan
 
     existing = read_state(_state_file())
     if existing is not None and _alive(existing.pid):
         console.print(f"[red]paliserve is already running at {existing.url} (pid {existing.pid}); run `paliserve down`.[/]")
         raise typer.Exit(1)
     serving_plan = _load_plan(plan, model, device, max_model_len)
+    problems = check_plan(serving_plan)
+    if problems:
+        for problem in problems:
+            _error(f"paliserve cannot start: {problem}")
+        raise typer.Exit(2)
     metrics_server = _local_prometheus() if prometheus else None
     cluster = LocalCluster(
         http_port=port,
         num_gpus=num_gpus,
         dashboard=metrics_server is not None,
         # where the Serve controller's autoscaling policy (and Ray's dashboard) find Prometheus
-        env={"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else None,
+        env={**_startup_retry_env(), **({"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else {})},
     )
     with console.status("starting Ray"):
         info = cluster.start()
@@ -104,13 +111,16 @@ def up(
         cluster.connect()
         names = ", ".join(d.model_name for d in serving_plan.deployments)
         with console.status(f"starting the engine for {names} (first start takes a minute)"):
-            cluster.serve(build_app(serving_plan))
-            wait_until_healthy(info.url)
+            cluster.serve(build_app(serving_plan), name=APP_NAME, wait=False)
+            wait_until_healthy(info.url, app=APP_NAME)
     except BaseException as exc:
+        reason = _start_failure(exc, serving_plan, info.temp_dir)
+        logs = _keep_logs(info.temp_dir)
         if metrics_server is not None:
             metrics_server.stop()
         cluster.stop()
-        console.print(f"[red]paliserve failed to start: {exc}[/]\nRay's log: {info.log_file}")
+        _error(f"paliserve failed to start: {reason}")
+        console.print(f"Ray's logs: {logs}", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     write_state(_state_file(), info, metrics_server.info if metrics_server else None)
     first = serving_plan.deployments[0].model_name
@@ -134,6 +144,50 @@ def up(
         metrics_server.stop()
     cluster.stop()
     _state_file().unlink(missing_ok=True)
+
+
+def _error(message: str) -> None:
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _startup_retry_env() -> dict[str, str]:
+    """Serve retries a replica that fails to start 3 times by default; a vLLM engine that fails to
+    start (bad checkpoint, bad arguments, too little memory) fails the same way again, and each
+    try costs a full engine start. One try per replica, unless the caller's environment says."""
+    import os
+
+    return {"RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": os.environ.get("RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT", "1")}
+
+
+def _start_failure(exc: BaseException, plan: Plan, temp_dir: str) -> str:
+    """What failed, naming the checkpoint of a failed engine and the root cause vLLM logged."""
+    from serve.cluster import DeployFailed, engine_root_cause, last_exception_line
+
+    if not isinstance(exc, DeployFailed):
+        return str(exc) or type(exc).__name__
+    engines = {d.name: d for d in plan.deployments}
+    reasons = []
+    for name in exc.deployments or ["?"]:
+        deployment = engines.get(name)
+        if deployment is None:
+            reasons.append(f"deployment {name} failed: {last_exception_line(str(exc))}")
+            continue
+        cause = engine_root_cause(temp_dir) or last_exception_line(str(exc))
+        reasons.append(f"the engine for {deployment.model_name} (checkpoint {deployment.engine_args.model}) failed to start: {cause}")
+    return "; ".join(reasons)
+
+
+def _keep_logs(temp_dir: str) -> Path:
+    """Copy the cluster's logs out of its temp dir (removed when the cluster stops)."""
+    import shutil
+
+    dest = local.cache_dir() / "last-failed-start"
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        shutil.copytree(Path(temp_dir, "session_latest", "logs"), dest)
+    except (OSError, shutil.Error):
+        pass
+    return dest
 
 
 def _local_prometheus():

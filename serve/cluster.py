@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -124,11 +125,15 @@ class LocalCluster:
 
         ray.init(address=self.info.address, logging_level="WARNING", log_to_driver=False)
 
-    def serve(self, app, name: str = "paliserve"):
+    def serve(self, app, name: str = "paliserve", wait: bool = True):
+        """Deploy `app`; with `wait=False` return at once and let `wait_until_healthy(app=name)`
+        bound the wait (serve.run waits without a limit and reports only the final failure)."""
         from ray import serve
 
         serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
-        return serve.run(app, name=name, route_prefix="/")
+        if wait:
+            return serve.run(app, name=name, route_prefix="/")
+        return serve.run_many([serve.RunTarget(target=app, name=name, route_prefix="/")], wait_for_applications_running=False)[0]
 
     def stop(self) -> None:
         if self.info is None:
@@ -176,10 +181,75 @@ def stop_process_tree(pid: int, grace_s: float = 20) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def wait_until_healthy(url: str, timeout_s: float = 300) -> dict:
+class DeployFailed(RuntimeError):
+    """Serve gave up on the application (DEPLOY_FAILED); the message is Serve's, per deployment."""
+
+    def __init__(self, message: str, deployments: list[str]):
+        super().__init__(message)
+        self.deployments = deployments
+
+
+def deploy_failure(app: str) -> DeployFailed | None:
+    """DeployFailed with Serve's messages when application `app` is DEPLOY_FAILED, else None."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or _value(status.status) != "DEPLOY_FAILED":
+        return None
+    failed = {name: d.message for name, d in status.deployments.items() if _value(d.status) in ("DEPLOY_FAILED", "UNHEALTHY")}
+    message = "\n".join(f"{name}: {m}" for name, m in failed.items()) or status.message or "DEPLOY_FAILED"
+    return DeployFailed(message, list(failed))
+
+
+def _value(status) -> str:
+    return str(getattr(status, "value", status))
+
+
+_LOG_PREFIX = re.compile(r"^\([^)]*\)\s+(?:ERROR|WARNING|INFO|DEBUG)\s+\S+\s+\S+\s+\[[^\]]*\]\s?")
+
+
+def last_exception_line(text: str) -> str:
+    """The exception line that ends a traceback (`Type: message`), with the source line above it
+    when the exception has no message (a bare `AssertionError`)."""
+    lines = [_LOG_PREFIX.sub("", line).rstrip() for line in text.splitlines()]
+    lines = [line for line in lines if line.strip() and set(line.strip()) - set("^~")]
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        if line[:1].isspace() or not re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", line):
+            continue
+        if ":" not in line and i > 0 and lines[i - 1][:1].isspace():
+            return f"{line}: {lines[i - 1].strip()}"
+        return line
+    return lines[-1] if lines else ""
+
+
+def engine_root_cause(temp_dir: str) -> str | None:
+    """The exception that ended the first traceback vLLM's engine processes logged (their lines
+    carry a `(EngineCore pid=N) ERROR ...` prefix): Serve's message says only that the engine failed."""
+    logs = Path(temp_dir, "session_latest", "logs")
+    for path in sorted(logs.glob("worker-*.out"), key=lambda p: p.stat().st_mtime):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if " ERROR " in line and _LOG_PREFIX.match(line)]
+        bare = [_LOG_PREFIX.sub("", line) for line in lines]
+        if "Traceback (most recent call last):" not in bare:
+            continue
+        block = []
+        for line in bare[bare.index("Traceback (most recent call last):") + 1 :]:
+            block.append(line)
+            if line.strip() and not line[:1].isspace():
+                break
+        return last_exception_line("\n".join(block))
+    return None
+
+
+def wait_until_healthy(url: str, timeout_s: float = 300, app: str | None = None) -> dict:
+    """Poll `/healthz` until 200; with `app`, raise DeployFailed as soon as Serve gives up on it."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
+        if app is not None:
+            failure = deploy_failure(app)
+            if failure is not None:
+                raise failure
         try:
             r = httpx.get(f"{url}/healthz", timeout=15)
             if r.status_code == 200:
