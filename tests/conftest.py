@@ -45,6 +45,7 @@ TEST_TENANTS = {
     "quiet": ("sk-test-quiet", ["tiny-paligemma"], [], {}, 1.0, 2000),  # local-cpu.yaml's TTFT SLO
     "flood": ("sk-test-flood", ["tiny-paligemma"], [], {}, 1.0, 2000),
     "metered": ("sk-test-metered", ["tiny-paligemma"], [], {}, 1.0, 2000),
+    "tight": ("sk-test-tight", ["tiny-paligemma"], [], {}, 1.0, 500),  # overload: must be refused early
 }
 # The load-test engine tests (tests/loadtests) write plans whose tenants have no key hashes and
 # run against this stack, which now requires keys: they send the local key.

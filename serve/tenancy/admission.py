@@ -18,7 +18,6 @@ from serve.tenancy.metrics import TenantMetrics
 logger = logging.getLogger("paliserve.tenancy")
 AUTHORITY_TIMEOUT_S = 5.0
 OPEN_WEIGHT = 1.0
-QUEUE_SHARE_OF_TTFT = 0.5  # the other half is left for prefill and the engine's own queue
 
 
 @dataclass
@@ -50,6 +49,8 @@ class Ticket:
     def first_token_seen(self) -> None:
         if self.first_token is None:
             self.first_token = time.monotonic()
+            if self.admitted is not None:
+                self.tenancy.gates[self.target.model].first_token(self.first_token - self.admitted)
             self.tenancy.metrics.ttft.observe(self.first_token - self.received, tags=self.tags)
 
     def __del__(self):
@@ -124,7 +125,7 @@ class Tenancy:
         if gate.running >= gate.capacity or gate.vtc.waiting():
             self.metrics.queue_depth.set(gate.vtc.waiting(name) + 1, tags=tags)
         try:
-            await gate.admit(name, weight, estimate, self._wait_budget(tenant))
+            await gate.admit(name, weight, estimate, self._ttft_slo_s(tenant))
             ticket.admitted = time.monotonic()
         except BaseException as exc:
             self._count(tags, -1)
@@ -178,11 +179,8 @@ class Tenancy:
                 await asyncio.sleep(0.5 * (attempt + 1))
 
     @staticmethod
-    def _wait_budget(tenant: TenantPlan | None) -> float | None:
-        """The part of the tenant's TTFT objective a request may spend waiting for a slot."""
-        if tenant is None or tenant.slo is None:
-            return None
-        return tenant.slo.ttft_p95_ms / 1000 * QUEUE_SHARE_OF_TTFT
+    def _ttft_slo_s(tenant: TenantPlan | None) -> float | None:
+        return tenant.slo.ttft_p95_ms / 1000 if tenant is not None and tenant.slo is not None else None
 
     @staticmethod
     def _fair_identity(tenant: TenantPlan | None) -> tuple[str, float]:

@@ -25,6 +25,7 @@ from serve.errors import Overloaded, retry_after
 
 
 SERVICE_EWMA = 0.2  # weight of the newest request in the moving average of slot holding time
+TTFT_SAMPLES = 200  # recent admission-to-first-token times kept for their p95
 
 
 @dataclass
@@ -106,6 +107,16 @@ class FairGate:
         self.running = 0
         self.vtc = VirtualTokenCounters()
         self.service_s: float | None = None  # moving average of how long a request holds a slot
+        self.engine_ttft_s: deque[float] = deque(maxlen=TTFT_SAMPLES)  # first token, after admission
+
+    def first_token(self, after_admission_s: float) -> None:
+        self.engine_ttft_s.append(after_admission_s)
+
+    def wait_budget(self, ttft_slo_s: float) -> float:
+        """What a TTFT objective leaves for waiting: the objective less the p95 time from
+        admission to first token seen lately."""
+        recent = sorted(self.engine_ttft_s)
+        return ttft_slo_s - (recent[int(0.95 * (len(recent) - 1))] if recent else 0.0)
 
     def expected_wait(self, tenant: str, weight: float) -> float | None:
         """Seconds a request arriving now would wait for a slot, once service times are known."""
@@ -113,10 +124,10 @@ class FairGate:
             return None
         return (self.vtc.ahead_of(tenant, weight) + 1) * self.service_s / self.capacity
 
-    async def admit(self, tenant: str, weight: float, estimate: int, wait_budget_s: float | None = None) -> None:
+    async def admit(self, tenant: str, weight: float, estimate: int, ttft_slo_s: float | None = None) -> None:
         """Take a slot, waiting in VTC order when all are taken. A request whose expected wait
-        is over `wait_budget_s` is refused at once (503, Retry-After) instead of queueing into
-        a latency its tenant's SLO does not allow."""
+        is over what its TTFT objective leaves (`wait_budget`) is refused at once (503,
+        Retry-After) instead of queueing into a latency its tenant's SLO does not allow."""
         if self.running < self.capacity and not self.vtc.waiting():
             self.running += 1
             self.vtc.charge(tenant, weight, estimate)
@@ -128,10 +139,11 @@ class FairGate:
                 headers=retry_after(1),
             )
         expected = self.expected_wait(tenant, weight)
+        wait_budget_s = self.wait_budget(ttft_slo_s) if ttft_slo_s is not None else None
         if wait_budget_s is not None and expected is not None and expected > wait_budget_s:
             raise Overloaded(
                 f"The server is overloaded: the wait for the engines is about {expected:.1f} s, more than this "
-                f"tenant's latency objective allows ({wait_budget_s:.1f} s). Retry shortly.",
+                f"tenant's latency objective leaves for waiting ({max(0.0, wait_budget_s):.1f} s). Retry shortly.",
                 code="overloaded",
                 headers=retry_after(expected),
             )

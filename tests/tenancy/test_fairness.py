@@ -157,15 +157,15 @@ def test_a_request_that_would_wait_past_its_budget_is_refused_at_once_with_retry
         gate.service_s = 4.0
         holders = [asyncio.create_task(_hold(gate, "a", [], hold)) for _ in range(2)]
         await asyncio.sleep(0.01)
-        waiting = [asyncio.create_task(gate.admit("a", 1.0, 10, wait_budget_s=10.0)) for _ in range(4)]
+        waiting = [asyncio.create_task(gate.admit("a", 1.0, 10, ttft_slo_s=10.0)) for _ in range(4)]
         await asyncio.sleep(0.01)  # queued: expected waits 2, 4, 6 and 8 s
         assert gate.vtc.waiting() == 4
         with pytest.raises(Overloaded) as refused:
-            await gate.admit("a", 1.0, 10, wait_budget_s=9.0)  # fifth in line: 10 s
-        quiet = asyncio.create_task(gate.admit("b", 1.0, 10, wait_budget_s=3.0))  # behind one of a's: 4 s
+            await gate.admit("a", 1.0, 10, ttft_slo_s=9.0)  # fifth in line: 10 s
+        quiet = asyncio.create_task(gate.admit("b", 1.0, 10, ttft_slo_s=3.0))  # behind one of a's: 4 s
         await asyncio.sleep(0.01)
         assert quiet.done() and isinstance(quiet.exception(), Overloaded)
-        fits = asyncio.create_task(gate.admit("c", 1.0, 10, wait_budget_s=5.0))
+        fits = asyncio.create_task(gate.admit("c", 1.0, 10, ttft_slo_s=5.0))
         await asyncio.sleep(0.01)
         assert not fits.done()  # waits: 4 s is within its budget
         for task in [*waiting, fits]:
@@ -186,3 +186,11 @@ def test_service_time_is_a_moving_average_of_slot_holding_time():
     gate.release("a", 1.0, 10, 10, held_s=1.0)
     gate.release("a", 1.0, 10, 10, held_s=2.0)
     assert gate.service_s == pytest.approx(0.8 * 1.0 + 0.2 * 2.0)
+
+
+def test_the_wait_budget_is_the_ttft_objective_less_the_recent_p95_time_to_first_token():
+    gate = FairGate(capacity=1)
+    assert gate.wait_budget(2.0) == 2.0
+    for ms in range(1, 101):
+        gate.first_token(ms / 1000)
+    assert gate.wait_budget(2.0) == pytest.approx(2.0 - 0.095)
