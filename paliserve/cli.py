@@ -55,7 +55,7 @@ def _load_plan(plan: Optional[Path], model: Optional[str], device: str, max_mode
     return local.single_model_plan(model, served, device, max_model_len=max_model_len)
 
 
-def _curl_example(url: str, model: str) -> str:
+def _curl_example(url: str, model: str, needs_key: bool = False) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -66,7 +66,8 @@ def _curl_example(url: str, model: str) -> str:
         '{"type": "text", "text": "caption en"}, '
         '{"type": "image_url", "image_url": {"url": "data:image/png;base64,%s"}}]}]}' % (model, data)
     )
-    return f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+    auth = " -H \"Authorization: Bearer $PALISERVE_KEY\"" if needs_key else ""
+    return f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
 
 
 @app.command()
@@ -125,7 +126,7 @@ def up(
     write_state(_state_file(), info, metrics_server.info if metrics_server else None)
     first = serving_plan.deployments[0].model_name
     console.print(f"[green]paliserve is serving[/] {names} at [bold]{info.url}[/]  (OpenAPI: {info.url}/docs)")
-    print(_curl_example(info.url, first), flush=True)
+    print(_curl_example(info.url, first, needs_key=bool(serving_plan.tenants)), flush=True)
     if metrics_server is not None:
         console.print(f"Prometheus at [bold]{metrics_server.url}[/] (scraping Ray every {metrics_server.scrape_interval_s:g} s)")
     if detach:

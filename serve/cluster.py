@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -35,10 +36,7 @@ SERVE_THROUGHPUT_ENV = {
     "RAY_worker_niceness": "0",
 }
 
-# `ray start` turns token authentication on whenever ~/.ray/auth_token exists (any earlier
-# `ray.init()` on the machine writes one), but a driver given an explicit address never does,
-# so it is refused. The cluster listens on loopback only: pin the mode unless the caller set it.
-AUTH_DEFAULT_ENV = {"RAY_AUTH_MODE": "disabled"}
+AUTH_TOKEN_FILE = "auth_token"
 
 
 def free_port() -> int:
@@ -55,6 +53,7 @@ class ClusterInfo:
     metrics_port: int
     temp_dir: str
     log_file: str
+    auth_token_path: str = ""  # Ray token authentication: drivers need this file to connect
 
     @property
     def address(self) -> str:
@@ -102,10 +101,12 @@ class LocalCluster:
             cmd.append("--include-dashboard=false")
         if self.num_gpus is not None:
             cmd.append(f"--num-gpus={self.num_gpus}")
-        env = {**SERVE_THROUGHPUT_ENV, **AUTH_DEFAULT_ENV, **os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        token_path = _write_auth_token(self.temp_dir)
+        env = {**SERVE_THROUGHPUT_ENV, **os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0",
+               **auth_env(token_path), **self.env}  # fmt: skip
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file)
+        self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file, token_path)
         self._wait_for_gcs(proc, timeout_s)
         return self.info
 
@@ -121,9 +122,7 @@ class LocalCluster:
         raise TimeoutError(f"Ray did not start within {timeout_s}s; see {self.info.log_file}")
 
     def connect(self):
-        import ray
-
-        ray.init(address=self.info.address, logging_level="WARNING", log_to_driver=False)
+        connect(self.info)
 
     def serve(self, app, name: str = "paliserve", wait: bool = True):
         """Deploy `app`; with `wait=False` return at once and let `wait_until_healthy(app=name)`
@@ -150,6 +149,31 @@ class LocalCluster:
         stop_process_tree(self.info.pid)
         shutil.rmtree(self.info.temp_dir, ignore_errors=True)
         self.info = None
+
+
+def auth_env(token_path: str) -> dict[str, str]:
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path}
+
+
+def _write_auth_token(temp_dir: str) -> str:
+    """A fresh random token for this cluster, readable by its owner only."""
+    path = os.path.join(temp_dir, AUTH_TOKEN_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def connect(info: ClusterInfo) -> None:
+    """Connect this process to the cluster as a driver, with the cluster's token."""
+    import ray
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    os.environ.update(auth_env(info.auth_token_path))
+    # Ray reads the auth mode into its config when it is imported; this makes the process see
+    # the token mode set above (Ray's own `ray.init` does the same when it enables tokens).
+    _enable_token_auth()
+    ray.init(address=info.address, logging_level="WARNING", log_to_driver=False)
 
 
 def stop_process_tree(pid: int, grace_s: float = 20) -> None:

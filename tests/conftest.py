@@ -156,8 +156,10 @@ def ray_client(stack):
     """This test process connected to the stack's Ray cluster (for Serve handles)."""
     import ray
 
+    from serve.cluster import ClusterInfo, connect
+
     if not ray.is_initialized():
-        ray.init(address=f"127.0.0.1:{stack['gcs_port']}", logging_level="WARNING", log_to_driver=False)
+        connect(ClusterInfo(**{f: stack[f] for f in ClusterInfo.__dataclass_fields__}))
     return ray
 
 

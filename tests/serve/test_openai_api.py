@@ -15,6 +15,7 @@ def messages(text="caption en", image=IMAGE):
 def test_up_printed_url_and_a_curl_example(stack):
     assert stack["url"] in stack["up_stdout"]
     assert "curl -s" in stack["up_stdout"] and "data:image/png;base64," in stack["up_stdout"]
+    assert 'Authorization: Bearer $PALISERVE_KEY' in stack["up_stdout"]  # the stack's plan has tenants
 
 
 def test_models_lists_the_served_model(openai_client):
