@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 from ray import serve
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from paliserve import __version__
 from paliserve.spec import GatewaySettings, TenantPlan
 from serve import tasks
-from serve.body_limit import BodySizeLimit
+from serve.middleware import Authenticate, BodySizeLimit
 from serve.errors import APIError, InvalidRequest, RequestTimeout, error_body
 from serve.images import decode_image
 from serve.remote_images import fetch_image, is_remote
@@ -37,6 +38,7 @@ from serve.schemas import (
     DeltaMessage,
     DetectRequest,
     DetectResult,
+    ErrorResponse,
     ImagePart,
     ModelCard,
     ModelList,
@@ -72,10 +74,15 @@ async def _api_error(_: Request, exc: APIError) -> Response:
     return _json(exc.body(), exc.status_code, exc.headers)
 
 
+def _union_branch(part) -> bool:
+    """pydantic names the member of a union it tried in `loc` (`str`, `function-after[...]`)."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"))
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_branch(p)]
     if first.get("type") == "json_invalid":
         message, param = f"Request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(), None
     elif not loc and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
@@ -93,12 +100,47 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
     return _json(error_body(str(exc.detail), kind, None, code), exc.status_code)
 
 
+ERROR_STATUSES = {"400": "Invalid request", "401": "Missing or unknown API key", "403": "Model not allowed",
+                  "404": "Unknown model or route", "413": "Body too large", "429": "Over a quota",
+                  "503": "Overloaded", "504": "Request timed out"}  # fmt: skip
+
+
+def _openapi() -> dict:
+    """FastAPI's document, with the errors this server really returns (OpenAI's format, 400 for
+    validation) in place of FastAPI's default 422 `HTTPValidationError`."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error.pop("$defs"), ErrorResponse=error)
+        ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                if path != "/healthz":
+                    responses.update({code: {"description": text, **ref} for code, text in ERROR_STATUSES.items()})
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+app.openapi = _openapi
+
+
 def _gateway() -> Gateway:
     """The replica's Gateway instance (as Serve resolves `self` for ingress routes)."""
     return serve.get_replica_context().servable_object
 
 
 app.add_middleware(BodySizeLimit, limit=lambda: _gateway().settings.max_body_bytes)
+# added last, so it runs first: a request without a valid key gets 401 whatever its body
+app.add_middleware(
+    Authenticate,
+    authenticate=lambda header, client: _gateway().tenancy.authenticate(header, client),
+    public=frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}),
+)
 
 
 def _prompt_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
@@ -134,12 +176,9 @@ def _finish(chunk: EngineChunk) -> str | None:
     return "length" if chunk.finish_reason == "length" else "stop" if chunk.finish_reason else None
 
 
-async def _authenticated(request: Request) -> TenantPlan | None:
-    """The caller's tenant. A FastAPI dependency: it runs before the body is validated, so a
-    request without a valid key gets 401 whatever its body. The gateway is the replica's
-    servable object."""
-    client = request.client.host if request.client else None
-    return _gateway().tenancy.authenticate(request.headers.get("authorization"), client)
+def _authenticated(request: Request) -> TenantPlan | None:
+    """The caller's tenant, as the Authenticate middleware found it before the body was read."""
+    return request.state.tenant
 
 
 Caller = Annotated[TenantPlan | None, Depends(_authenticated)]

@@ -14,6 +14,10 @@ from PIL import Image, UnidentifiedImageError
 from paliserve.spec import GatewaySettings
 from serve.errors import InvalidRequest
 
+# Progressive JPEGs have about 10 scans. In entropy-coded data a 0xFF byte is followed by 0x00
+# or a restart marker, so FF DA is always a real start-of-scan marker.
+JPEG_SOS = b"\xff\xda"
+MAX_JPEG_SCANS = 100
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)$", re.S)
 
 
@@ -59,6 +63,13 @@ def open_image(raw: bytes, settings: GatewaySettings, param: str) -> Image.Image
                     f"{settings.max_image_pixels} pixels.",
                     param=param,
                     code="image_too_large",
+                )
+            if image.format == "JPEG" and raw.count(JPEG_SOS) > MAX_JPEG_SCANS:
+                raise InvalidRequest(
+                    f"JPEG has {raw.count(JPEG_SOS)} scans, over the limit of {MAX_JPEG_SCANS}: each scan is a "
+                    "decoding pass over the whole image.",
+                    param=param,
+                    code="image_too_complex",
                 )
             image.load()  # decodes fully: truncated or corrupt data fails here, not in the engine
             return image.convert("RGB")

@@ -1,18 +1,20 @@
-"""Refuse request bodies over a size cap with 413, before they are buffered whole.
+"""The gateway's checks that must run before a request body is read: the caller's API key
+(401 whatever the body), and the body size cap (413, before the body is buffered whole).
 
-An ASGI middleware because the cap must hold for chunked bodies that declare no length:
-the declared Content-Length is checked first, then the bytes as they arrive.
+Plain ASGI middlewares: FastAPI parses the body before it runs dependencies, and a size cap
+must also hold for chunked bodies that declare no length.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.errors import PayloadTooLarge
+from serve.errors import APIError, PayloadTooLarge
 
 
 class BodySizeLimit:
@@ -52,9 +54,33 @@ def too_large(size: int, limit: int) -> PayloadTooLarge:
     )
 
 
-async def _send_error(send: Send, error: PayloadTooLarge) -> None:
+class Authenticate:
+    """Maps `Authorization` to the caller's tenant (`request.state.tenant`) or answers 401."""
+
+    def __init__(self, app: ASGIApp, authenticate: Callable[[str | None, str | None], Any], public: frozenset[str]):
+        self.app = app
+        self.authenticate = authenticate
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "").removeprefix(scope.get("root_path", "")) or "/"
+        if scope["type"] != "http" or path in self.public:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization")
+        client = scope.get("client")
+        try:
+            tenant = self.authenticate(header.decode("latin-1") if header else None, client[0] if client else None)
+        except APIError as exc:
+            await _send_error(send, exc)
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+
+async def _send_error(send: Send, error: APIError) -> None:
     body = json.dumps(error.body()).encode()
-    await send({"type": "http.response.start", "status": error.status_code,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]  # fmt: skip
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+INT64 = 2**63
+
+
+def _encodable(value: str) -> str:
+    """JSON allows lone UTF-16 surrogates (`"\\ud800"`); no tokenizer does."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (a lone surrogate such as \\ud800 is not)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+StopString = Annotated[Text, Field(min_length=1)]
 
 
 class _Body(BaseModel):
@@ -16,7 +31,7 @@ class _Body(BaseModel):
 
 class TextPart(_Body):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImageURL(_Body):
@@ -34,7 +49,7 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
 
 class StreamOptions(_Body):
@@ -42,7 +57,7 @@ class StreamOptions(_Body):
 
 
 class ChatCompletionRequest(_Body):
-    model: str | None = Field(default=None, description="Served model name; optional when one is served.")
+    model: Text | None = Field(default=None, description="Served model name; optional when one is served.")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -50,8 +65,8 @@ class ChatCompletionRequest(_Body):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: StopString | list[StopString] | None = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     n: int = Field(default=1, ge=1, le=1, description="PaliGemma serving returns one choice.")
     user: str | None = None
 
@@ -118,7 +133,7 @@ class ModelList(BaseModel):
 
 
 class _TaskRequest(_Body):
-    model: str | None = None
+    model: Text | None = None
     image: str = Field(description="The image as a base64 data URL (data:image/png;base64,...) or bare base64.")
     max_tokens: int | None = Field(default=None, ge=1)
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}([-_][A-Za-z]{2,4})?$")
@@ -133,11 +148,11 @@ class OCRRequest(_TaskRequest):
 
 
 class AnswerRequest(_TaskRequest):
-    question: str = Field(min_length=1, max_length=2000)
+    question: Text = Field(min_length=1, max_length=2000)
 
 
 class DetectRequest(_TaskRequest):
-    objects: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^;<>]+$")]] = Field(
+    objects: list[Annotated[Text, Field(min_length=1, max_length=200, pattern=r"^[^;<>]+$")]] = Field(
         min_length=1, max_length=32, description="Things to find, e.g. ['cat', 'dog']."
     )
 
@@ -159,3 +174,16 @@ class DetectedObject(BaseModel):
 
 class DetectResult(TextResult):
     objects: list[DetectedObject]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's format."""
+
+    error: ErrorDetail

@@ -18,6 +18,7 @@ from serve.tenancy.metrics import TenantMetrics
 logger = logging.getLogger("paliserve.tenancy")
 AUTHORITY_TIMEOUT_S = 5.0
 OPEN_WEIGHT = 1.0
+UNKNOWN_MODEL = "unknown"  # metric label for model names that are not served
 
 
 @dataclass
@@ -104,8 +105,10 @@ class Tenancy:
         try:
             return self.catalog.resolve(requested, tenant)
         except APIError as exc:
-            reason = "forbidden" if exc.status_code == 403 else "unknown_model"
-            self.reject(tenant, requested or "", reason, exc.status_code)
+            # a refused name exists (bounded label values); an unknown one is the client's text
+            forbidden = exc.status_code == 403
+            model = (requested or "") if forbidden else UNKNOWN_MODEL
+            self.reject(tenant, model, "forbidden" if forbidden else "unknown_model", exc.status_code)
             raise
 
     def reject(self, tenant: TenantPlan | None, model: str, reason: str, status: int) -> None:
