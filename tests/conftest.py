@@ -174,8 +174,11 @@ _exit_status = 0
 
 
 def pytest_sessionfinish(session, exitstatus):
+    import figures
+
     global _exit_status
     _exit_status = int(exitstatus)
+    figures.dump()
 
 
 def pytest_unconfigure(config):

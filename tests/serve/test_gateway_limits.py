@@ -76,10 +76,13 @@ class _ImageServer(http.server.BaseHTTPRequestHandler):
             self._send(404, b"not found")
 
     def _send(self, status: int, body: bytes):
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the gateway gave up first (the slow image)
+            pass
 
     def log_message(self, *_):
         pass

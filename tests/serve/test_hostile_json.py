@@ -12,6 +12,7 @@ from collections import Counter
 
 import httpx
 import pytest
+import figures
 from serve_helpers import AUTH, chat_body, data_url, png_bytes
 
 pytestmark = pytest.mark.engine
@@ -27,6 +28,7 @@ SLOWEST: list[tuple[float, str]] = []
 @pytest.fixture(scope="module", autouse=True)
 def _report():
     yield
+    figures.record("hostile json", SENT)
     print(f"\n[hostile json] {sum(SENT.values())} hostile requests: " + ", ".join(f"{s}={n}" for s, n in sorted(SENT.items())))
     for elapsed, what in sorted(SLOWEST, reverse=True)[:5]:
         print(f"[hostile json]   slowest: {elapsed:.2f} s  {what}")

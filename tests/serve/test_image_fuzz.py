@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import figures
 from serve.config import GatewaySettings
 from serve.errors import InvalidRequest
 from serve.images import decode_image, open_image
@@ -56,6 +57,7 @@ BY_TEST: Counter = Counter()  # test -> inputs
 def _report():
     yield
     total = sum(TRIED.values())
+    figures.record("image fuzz", TRIED)
     print(f"\n[image fuzz] {total} inputs decoded: " + ", ".join(f"{k}={v}" for k, v in TRIED.most_common()))
     for name, n in BY_TEST.most_common():
         print(f"[image fuzz]   {name}: {n}")
@@ -434,7 +436,7 @@ def test_bombs_allocate_no_pixel_memory():
     """In a fresh process (so the high-water mark is its own): refusing every bomb above raises
     peak RSS by a few MB, not the gigabytes their headers ask for."""
     here = Path(__file__).resolve().parent
-    code = f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parents[1])!r}]; import test_image_fuzz as t; t.seeds(); t._memory_child()"
+    code = f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}, {str(here.parents[1])!r}]; import test_image_fuzz as t; t.seeds(); t._memory_child()"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])

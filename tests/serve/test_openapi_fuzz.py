@@ -23,6 +23,7 @@ import httpx
 import pytest
 import schemathesis
 from schemathesis.checks import not_a_server_error
+import figures
 from serve_helpers import AUTH
 
 from serve.gateway import app
@@ -63,6 +64,7 @@ SENT: dict[str, Counter] = defaultdict(Counter)  # "with key" / "without key" ->
 def _report():
     yield
     for kind, counts in SENT.items():
+        figures.record(f"openapi fuzz, {kind}", Counter(label.rsplit(" ", 1)[1] for label in counts.elements()))
         operations = {label.rsplit(" ", 1)[0] for label in counts}
         print(f"\n[openapi fuzz] {kind}: {sum(counts.values())} requests over {len(operations)} operations")
         for label, n in sorted(counts.items()):

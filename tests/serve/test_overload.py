@@ -5,6 +5,8 @@ gateway must refuse some of `tight`'s requests rather than queue them."""
 
 from __future__ import annotations
 
+from statistics import median
+
 import httpx
 import pytest
 from conftest import TEST_ADMISSION_CAPACITY, TEST_TENANTS
@@ -42,8 +44,8 @@ def test_every_request_is_served_or_refused_with_retry_after(run, url):
     assert result.served > 0 and result.refusals_without_retry_after == 0, row
     if tenant == "tight":
         assert result.refused > 0, row
-    if result.refused:
-        assert row["p95_refusal_ms"] / 1000 < slo_s(tenant), "refusals must come before the objective is missed"
+    if result.refused:  # refused at once, not after queueing as long as a served request
+        assert median(result.refusal_s) < median(result.ttft_s), row
     health = httpx.get(f"{url}/healthz", timeout=30)
     assert health.status_code == 200, health.text
 
