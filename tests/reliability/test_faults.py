@@ -1,0 +1,58 @@
+"""Faults under load on one cluster of its own (two replicas of the tiny model, one gateway):
+a killed engine replica, a killed gateway replica, then drains: scale-down from 2 to 1 and a
+redeploy with streams in flight. Every client call has a timeout; a failure must be a 5xx with
+a body or an error event inside a stream, never a hang. Figures are printed (run with -s)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fault_stack import GATEWAY, Figures, drain, failure_lines, fault_stack, kill_under_load, table
+
+pytestmark = [pytest.mark.engine, pytest.mark.own_cluster]
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model_dir):
+    with fault_stack(tiny_model_dir) as stack:
+        yield stack
+
+
+def _clean(outcome) -> bool:
+    if outcome.label == "200+in-band error":
+        return True
+    return outcome.label.isdigit() and 500 <= int(outcome.label) < 600 and bool(outcome.body.strip())
+
+
+def _report(figures: Figures) -> None:
+    print("\n" + "\n".join([table([figures]), *failure_lines(figures)]))
+
+
+def _check_fault(figures: Figures) -> None:
+    _report(figures)
+    assert figures.hung == 0, figures.failures
+    assert all(_clean(o) for o in figures.failures), [(o.label, o.body) for o in figures.failures if not _clean(o)]
+    assert figures.recovery_s is not None, "no 200 after the last failure"
+
+
+def test_killing_an_engine_replica_under_load(stack):
+    _check_fault(kill_under_load(stack, stack.engine, "kill 1 of 2 engine replicas"))
+
+
+def test_killing_the_gateway_replica_under_load(stack):
+    _check_fault(kill_under_load(stack, GATEWAY, "kill the gateway replica"))
+
+
+def _check_drain(figures: Figures) -> None:
+    _report(figures)
+    assert figures.hung == 0 and figures.failed == 0, [(o.label, o.body) for o in figures.failures]
+    assert figures.open_at_stop > 0, "every stream ended before a replica began stopping: nothing was drained"
+    assert figures.after is not None and figures.after.ok, figures.after
+
+
+def test_scale_down_drains_in_flight_streams(stack):
+    _check_drain(drain(stack, stack.with_engine_replicas(1), "scale engine 2 -> 1, streams open", replicas_after=1))
+
+
+def test_redeploy_drains_in_flight_streams(stack):
+    _check_drain(drain(stack, stack.with_max_image_bytes(5 * 1024 * 1024), "redeploy, streams open", replicas_after=1))
