@@ -1,7 +1,13 @@
 """Faults under load on one cluster of its own (two replicas of the tiny model, one gateway):
 a killed engine replica, a killed gateway replica, then drains: scale-down from 2 to 1 and a
 redeploy with streams in flight. Every client call has a timeout; a failure must be a 5xx with
-a body or an error event inside a stream, never a hang. Figures are printed (run with -s)."""
+a body or an error event inside a stream, never a hang. Figures are printed (run with -s).
+
+Drains hold for requests up to the gateway's request timeout because the stack's Serve config
+sets every deployment's graceful_shutdown_timeout_s to it (fault_stack.with_drain_window); with
+Serve's defaults, streams longer than 20 s (gateway) or 30 s (engine) are cut when a replica
+stops. A scale-down may stop the replica that holds none of the streams (Serve picks it): that
+drain is then trivially clean, and the printed figure says how many streams were open."""
 
 from __future__ import annotations
 
@@ -46,7 +52,6 @@ def test_killing_the_gateway_replica_under_load(stack):
 def _check_drain(figures: Figures) -> None:
     _report(figures)
     assert figures.hung == 0 and figures.failed == 0, [(o.label, o.body) for o in figures.failures]
-    assert figures.open_at_stop > 0, "every stream ended before a replica began stopping: nothing was drained"
     assert figures.after is not None and figures.after.ok, figures.after
 
 
@@ -55,4 +60,7 @@ def test_scale_down_drains_in_flight_streams(stack):
 
 
 def test_redeploy_drains_in_flight_streams(stack):
-    _check_drain(drain(stack, stack.with_max_image_bytes(5 * 1024 * 1024), "redeploy, streams open", replicas_after=1))
+    figures = drain(stack, stack.with_max_image_bytes(5 * 1024 * 1024), "redeploy, streams open", replicas_after=1)
+    _check_drain(figures)
+    # every replica is replaced, the one gateway included: streams open then pass through a stopping replica
+    assert figures.open_at_stop > 0, "every stream ended before a replica began stopping: nothing was drained"
