@@ -27,7 +27,7 @@ APP = "paliserve"
 GATEWAY = "Gateway"
 CLIENT_TIMEOUT_S = 60
 STREAM_LIMIT_S = 400
-MAX_MODEL_LEN = 4096
+MAX_MODEL_LEN = 2048
 
 
 def fault_plan(model_dir, port: int, replicas: int = 2) -> Plan:
