@@ -94,6 +94,10 @@ class LocalCluster:
             f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
             f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
             f"--metrics-export-port={metrics_port}",
+            # Ray's other fixed default ports, so that clusters side by side (tests, a user's own
+            # Ray) never meet on one
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--ray-client-server-port={free_port()}",
         ]  # fmt: skip
         if self.dashboard:
             cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
@@ -103,7 +107,7 @@ class LocalCluster:
             cmd.append(f"--num-gpus={self.num_gpus}")
         token_path = _write_auth_token(self.temp_dir)
         env = {**SERVE_THROUGHPUT_ENV, **os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0",
-               **auth_env(token_path), **self.env}  # fmt: skip
+               "DASHBOARD_METRIC_PORT": str(free_port()), **auth_env(token_path), **self.env}  # fmt: skip
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file, token_path)

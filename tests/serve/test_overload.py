@@ -5,8 +5,10 @@ gateway must refuse some of `tight`'s requests rather than queue them."""
 
 from __future__ import annotations
 
+from collections import Counter
 from statistics import median
 
+import figures
 import httpx
 import pytest
 from conftest import TEST_ADMISSION_CAPACITY, TEST_TENANTS
@@ -32,7 +34,12 @@ def run(request, url) -> tuple[str, OverloadResult]:
         warm = overload(url, key, MODEL, concurrency=2, duration_s=3, max_requests=6)  # service times known
         assert warm.lost == 0, warm.row()
         _runs[tenant] = overload(url, key, MODEL, concurrency=3 * TEST_ADMISSION_CAPACITY, duration_s=20, max_requests=600)
-        print(f"\noverload at 3x capacity, {tenant} (TTFT SLO {slo_s(tenant) * 1000:.0f} ms): {_runs[tenant].row()}")
+        row = _runs[tenant].row()
+        print(f"\noverload at 3x capacity, {tenant} (TTFT SLO {slo_s(tenant) * 1000:.0f} ms): {row}")
+        figures.record(f"overload 3x capacity, {tenant} (TTFT SLO {slo_s(tenant) * 1000:.0f} ms)", Counter({
+            **{f"status {k}": v for k, v in row["statuses"].items()}, "lost": row["lost"], "hung": row["hung"],
+            "p95 TTFT ms": round(row["p95_ttft_ms"]), "p95 refusal ms": round(row["p95_refusal_ms"]) if row["refused"] else 0,
+        }))  # fmt: skip
     return tenant, _runs[tenant]
 
 
