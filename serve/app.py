@@ -30,14 +30,17 @@ def tenancy_config(plan: Plan) -> dict:
 
 
 def build_app(plan: Plan):
-    engines = {d.model_name: engine_deployment(d).bind(d.model_dump(mode="json")) for d in plan.deployments}
+    # a replica that stops (scale-down, redeploy) drains for as long as a request may run, not
+    # Serve's 20 s default, so no accepted request is cut
+    drain_s = plan.gateway.request_timeout_s
+    engines = {d.model_name: engine_deployment(d, drain_s).bind(d.model_dump(mode="json")) for d in plan.deployments}
     max_model_lens = {d.model_name: d.engine_args.max_model_len for d in plan.deployments}
     limited = {t.name: t.limits.model_dump() for t in plan.tenants if any(v is not None for v in t.limits.model_dump().values())}
     authority = QuotaAuthority.options(ray_actor_options={"num_cpus": 0}).bind(limited) if limited else None
     # The gateway must accept every request its engines can hold plus those waiting in its fair
     # queue (Serve's default of 5 ongoing requests would queue the rest at the proxy, unfairly).
     ongoing = max(GATEWAY_MIN_ONGOING, sum(d.max_ongoing_requests * d.replicas.max for d in plan.deployments) * 4)
-    gateway = Gateway.options(max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": 0.25})
+    gateway = Gateway.options(max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": 0.25}, graceful_shutdown_timeout_s=drain_s)
     return gateway.bind(engines, max_model_lens, plan.gateway.model_dump(mode="json"), tenancy_config(plan), authority)
 
 

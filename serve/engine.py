@@ -172,12 +172,13 @@ class EngineReplica:
             engine.shutdown()
 
 
-def engine_deployment(plan: DeploymentPlan):
+def engine_deployment(plan: DeploymentPlan, drain_s: float):
     """The Serve deployment for one planned engine: resources, replicas and autoscaling are the
-    plan's (the same entry `Plan.serve_config()` writes for `serve deploy`)."""
+    plan's (the same entry `Plan.serve_config()` writes for `serve deploy`). A stopping replica
+    (scale-down, redeploy) finishes its requests for up to `drain_s` before it is killed."""
     return serve.deployment(EngineReplica).options(
         **plan.serve_deployment(),
         health_check_period_s=10,
         health_check_timeout_s=30,
-        graceful_shutdown_timeout_s=30,
+        graceful_shutdown_timeout_s=drain_s,
     )

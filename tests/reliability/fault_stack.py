@@ -37,20 +37,6 @@ def fault_plan(model_dir, port: int, replicas: int = 2) -> Plan:
     return plan
 
 
-def with_drain_window(config: dict, plan: Plan) -> dict:
-    """Every deployment may take as long to drain as a request may take (the gateway's request
-    timeout): Serve's defaults (20 s for the gateway, 30 s in engine.py) cut longer streams when a
-    replica stops. Set through the Serve config, as an operator would."""
-    config = copy.deepcopy(config)
-    window = plan.gateway.request_timeout_s
-    deployments = config["applications"][0].setdefault("deployments", [])
-    if not any(d["name"] == GATEWAY for d in deployments):
-        deployments.append({"name": GATEWAY})
-    for d in deployments:
-        d["graceful_shutdown_timeout_s"] = window
-    return config
-
-
 def chat_body(model: str, max_tokens: int, stream: bool) -> dict:
     from PIL import Image
 
@@ -293,7 +279,7 @@ def fault_stack(model_dir, replicas: int = 2, start_timeout_s: float = 400):
         plan = fault_plan(model_dir, port, replicas)
         stack = FaultStack(cluster, plan, f"http://127.0.0.1:{_dashboard_port(info.pid)}")
         wait_for(lambda: _reachable(stack), 120, what="Ray's dashboard")
-        stack.deploy(with_drain_window(plan.serve_config(), plan))
+        stack.deploy(plan.serve_config())  # the drain window is the product's (serve/app.py)
         stack.wait_steady(replicas, start_timeout_s)
         yield stack
     finally:

@@ -3,10 +3,9 @@ a killed engine replica, a killed gateway replica, then drains: scale-down from 
 redeploy with streams in flight. Every client call has a timeout; a failure must be a 5xx with
 a body or an error event inside a stream, never a hang. Figures are printed (run with -s).
 
-Drains hold for requests up to the gateway's request timeout because the stack's Serve config
-sets every deployment's graceful_shutdown_timeout_s to it (fault_stack.with_drain_window); with
-Serve's defaults, streams longer than 20 s (gateway) or 30 s (engine) are cut when a replica
-stops. A scale-down may stop the replica that holds none of the streams (Serve picks it): that
+Drains hold for requests up to the gateway's request timeout because build_app gives every
+deployment that graceful_shutdown_timeout_s (with Serve's defaults, streams longer than 20 s
+were cut when their replica stopped). A scale-down may stop the replica that holds none of the streams (Serve picks it): that
 drain is then trivially clean, and the printed figure says how many streams were open."""
 
 from __future__ import annotations
