@@ -22,7 +22,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from fault_stack import GATEWAY, drain, failure_lines, fault_stack, kill_under_load, table  # noqa: E402
 
 
-def main() -> int:
+def scenarios():
+    """Every fault scenario on one fresh cluster; their Figures, in order."""
     from paliserve.tiny_model import build_tiny_model
 
     rows = []
@@ -33,6 +34,11 @@ def main() -> int:
             rows.append(kill_under_load(stack, GATEWAY, "kill the gateway replica"))
             rows.append(drain(stack, stack.with_engine_replicas(1), "scale engine 2 -> 1, streams open", replicas_after=1))
             rows.append(drain(stack, stack.with_max_image_bytes(5 * 1024 * 1024), "redeploy, streams open", replicas_after=1))
+    return rows
+
+
+def main() -> int:
+    rows = scenarios()
     print(table(rows), flush=True)
     for row in rows:
         print("\n".join(failure_lines(row)), flush=True)

@@ -7,7 +7,8 @@ from typing import Any
 
 
 class APIError(Exception):
-    """An error the client caused or must react to; never a 500."""
+    """An error answered in OpenAI's format: one the client caused or must react to, or (as
+    InternalError) one it must be told of without a stack trace."""
 
     status_code = 400
     error_type = "invalid_request_error"
@@ -61,6 +62,18 @@ class ModelNotFound(APIError):
 
 class Overloaded(APIError):
     status_code = 503
+    error_type = "server_error"
+
+
+class EngineUnavailable(APIError):
+    """The engine replica holding the request died or could not be reached; Serve replaces it."""
+
+    status_code = 503
+    error_type = "server_error"
+
+
+class InternalError(APIError):
+    status_code = 500
     error_type = "server_error"
 
 

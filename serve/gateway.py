@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Annotated, Any
@@ -14,13 +15,15 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paliserve import __version__
 from paliserve.spec import GatewaySettings, TenantPlan
 from serve import tasks
 from serve.middleware import Authenticate, BodySizeLimit
-from serve.errors import APIError, InvalidRequest, RequestTimeout, error_body
+from serve.errors import APIError, EngineUnavailable, InternalError, InvalidRequest, RequestTimeout, error_body, retry_after
 from serve.images import decode_image
 from serve.remote_images import fetch_image, is_remote
 from serve.protocol import EngineChunk, EngineRequest
@@ -48,6 +51,7 @@ from serve.schemas import (
     Usage,
 )
 
+logger = logging.getLogger("paliserve.gateway")
 INLINE_DECODE_BYTES = 64 * 1024  # larger images are decoded on a worker thread
 TASK_DEFAULT_MAX_TOKENS = 128
 ESTIMATED_OUTPUT_TOKENS = 64  # fair-queue charge when max_tokens is unset; corrected at the end
@@ -67,6 +71,22 @@ def _json(model_or_dict: Any, status_code: int = 200, headers: dict | None = Non
 def _cause(exc: BaseException) -> BaseException:
     """Ray re-raises a replica's exception as a RayTaskError subclass holding it as `cause`."""
     return getattr(exc, "cause", None) or exc
+
+
+def _engine_failure(exc: BaseException) -> APIError:
+    """What a failed engine call tells the client: the replica's own APIError, a 503 to retry
+    when the replica died or is unreachable, else a 500 without internals."""
+    cause = _cause(exc)
+    if isinstance(cause, APIError):
+        return cause
+    if isinstance(cause, (RayActorError, ActorUnavailableError, DeploymentUnavailableError, ReplicaUnavailableError)):
+        return EngineUnavailable(
+            "The engine replica serving this request failed; it is being replaced. Retry shortly.",
+            code="engine_unavailable",
+            headers=retry_after(1),
+        )
+    logger.exception("engine call failed", exc_info=cause)
+    return InternalError("Internal error while generating.", code="internal_error")
 
 
 @app.exception_handler(APIError)
@@ -253,9 +273,9 @@ class Gateway:
             ticket.finish(499)
             raise
         except Exception as exc:
-            cause = _cause(exc)
-            ticket.finish(cause.status_code if isinstance(cause, APIError) else 500)
-            raise cause from None
+            failure = _engine_failure(exc)
+            ticket.finish(failure.status_code)
+            raise failure from None
         ticket.finish(200, chunk.prompt_tokens, chunk.completion_tokens)
         return chunk
 
@@ -344,14 +364,12 @@ class Gateway:
             first = None
         except BaseException as exc:
             stream.cancel()
-            cause = _cause(exc)
             if isinstance(exc, asyncio.CancelledError):
                 ticket.finish(499)
                 raise
-            if isinstance(exc, asyncio.TimeoutError):
-                cause = self._timed_out()
-            ticket.finish(cause.status_code if isinstance(cause, APIError) else 500)
-            raise cause from None
+            failure = self._timed_out() if isinstance(exc, asyncio.TimeoutError) else _engine_failure(exc)
+            ticket.finish(failure.status_code)
+            raise failure from None
         created = int(time.time())
 
         def sse(chunk: ChatCompletionChunk) -> str:
@@ -392,11 +410,9 @@ class Gateway:
                 yield "data: [DONE]\n\n"
                 status = 200
             except Exception as exc:  # after headers are sent, errors travel in-band
-                cause = self._timed_out() if isinstance(exc, asyncio.TimeoutError) else _cause(exc)
-                status = cause.status_code if isinstance(cause, APIError) else 500
-                message = cause.message if isinstance(cause, APIError) else "internal error while generating"
-                code = cause.code if isinstance(cause, APIError) else None
-                yield f"data: {json.dumps(error_body(message, 'server_error', None, code))}\n\n"
+                failure = self._timed_out() if isinstance(exc, asyncio.TimeoutError) else _engine_failure(exc)
+                status = failure.status_code
+                yield f"data: {json.dumps(error_body(failure.message, 'server_error', None, failure.code))}\n\n"
             finally:
                 stream.cancel()  # no-op when finished; aborts the engine request on disconnect
                 ticket.finish(status, last.prompt_tokens if last else 0, last.completion_tokens if last else 0)
