@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "autoscaling"))  # the same stack as the e2e test
+sys.path[:0] = [str(ROOT / "tests" / "autoscaling"), str(ROOT / "tests")]  # the same stack as the e2e test
 
 from step_stack import chat_body, step_stack, wait_for  # noqa: E402
 

@@ -3,8 +3,6 @@ on fractional GPU shares with the Prometheus policy, and a closed-loop HTTP load
 
 from __future__ import annotations
 
-import base64
-import io
 import threading
 import time
 from contextlib import contextmanager
@@ -13,6 +11,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from autoscale.policy_plan import prometheus_policy
+from stack_support import chat_body, wait_for
 from paliserve.local import tiny_plan
 from paliserve.spec import Plan, ReplicaBounds
 from serve.cluster import LocalCluster, free_port, wait_until_healthy
@@ -94,19 +93,6 @@ def step_stack(model_dir, num_gpus: float = 1, gpu_share: float = 0.5):
         cluster.stop()
 
 
-def chat_body(model: str, max_tokens: int, stream: bool = False) -> dict:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (28, 28), (200, 40, 40)).save(buf, format="PNG")
-    image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return {
-        "model": model, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "caption en"}, {"type": "image_url", "image_url": {"url": image}}]}],
-    }  # fmt: skip
-
-
 @dataclass
 class Load:
     """`clients` closed-loop clients until stopped or `limit_s` passes; counts status codes."""
@@ -146,12 +132,3 @@ class Load:
                     self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
-def wait_for(condition, timeout_s: float, every_s: float = 1.0, what: str = ""):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s:g}s: {what} (last: {last!r})")

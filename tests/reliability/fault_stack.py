@@ -6,9 +6,7 @@ and benchmarks/faults.py.
 
 from __future__ import annotations
 
-import base64
 import copy
-import io
 import threading
 import time
 from collections import Counter
@@ -19,6 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from stack_support import chat_body as _chat_body
+from stack_support import wait_for
 from paliserve.local import tiny_plan
 from paliserve.spec import HttpOptions, Plan, ReplicaBounds
 from serve.cluster import LocalCluster, free_port, wait_until_healthy
@@ -38,16 +38,7 @@ def fault_plan(model_dir, port: int, replicas: int = 2) -> Plan:
 
 
 def chat_body(model: str, max_tokens: int, stream: bool) -> dict:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (28, 28), (40, 120, 200)).save(buf, format="PNG")
-    image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return {
-        "model": model, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "caption en"}, {"type": "image_url", "image_url": {"url": image}}]}],
-    }  # fmt: skip
+    return _chat_body(model, max_tokens, stream, color=(40, 120, 200))
 
 
 @dataclass
@@ -168,17 +159,6 @@ def table(rows: list[Figures]) -> str:
     ]  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 1.0, what: str = ""):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s:g}s: {what} (last: {last!r})")
 
 
 @dataclass
