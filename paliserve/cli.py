@@ -104,9 +104,10 @@ def up(
         # where the Serve controller's autoscaling policy (and Ray's dashboard) find Prometheus
         env={**_startup_retry_env(), **({"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else {})},
     )
-    with console.status("starting Ray"):
-        info = cluster.start()
+    signal.signal(signal.SIGTERM, _interrupted)  # stopped while starting: clean up as on Ctrl-C
     try:
+        with console.status("starting Ray"):
+            info = cluster.start()
         if metrics_server is not None:
             metrics_server.start(info.temp_dir)
         cluster.connect()
@@ -115,8 +116,8 @@ def up(
             cluster.serve(build_app(serving_plan), name=APP_NAME, wait=False)
             wait_until_healthy(info.url, app=APP_NAME)
     except BaseException as exc:
-        reason = _start_failure(exc, serving_plan, info.temp_dir)
-        logs = _keep_logs(info.temp_dir)
+        reason = _start_failure(exc, serving_plan, cluster.temp_dir)
+        logs = _keep_logs(cluster.temp_dir)
         if metrics_server is not None:
             metrics_server.stop()
         cluster.stop()
@@ -160,9 +161,16 @@ def _startup_retry_env() -> dict[str, str]:
     return {"RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": os.environ.get("RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT", "1")}
 
 
+def _interrupted(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def _start_failure(exc: BaseException, plan: Plan, temp_dir: str) -> str:
     """What failed, naming the checkpoint of a failed engine and the root cause vLLM logged."""
     from serve.cluster import DeployFailed, engine_root_cause, last_exception_line
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
 
     if not isinstance(exc, DeployFailed):
         return str(exc) or type(exc).__name__

@@ -59,6 +59,30 @@ def test_up_serves_the_embedded_default_until_ctrl_c(tmp_path):
     assert not (tmp_path / "cache" / "cluster.json").exists()
 
 
+def test_a_stop_during_start_up_leaves_nothing_running(tmp_path):
+    """SIGTERM while the engine starts: `up` stops the Ray cluster it started and exits 1."""
+    env = {**os.environ, "PALISERVE_CACHE": str(tmp_path / "cache")}
+    from serve.cluster import free_port
+
+    proc = subprocess.Popen([PALISERVE, "up", "--port", str(free_port()), "--no-prometheus"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("raylet" in " ".join(p.cmdline()) for p in started):
+            time.sleep(0.5)
+            started = psutil.Process(proc.pid).children(recursive=True)
+        assert started, "up started no Ray process within 120 s"
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "interrupted" in output, output
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
 def test_down_when_nothing_runs(tmp_path):
     env = {**os.environ, "PALISERVE_CACHE": str(tmp_path)}
     result = subprocess.run([PALISERVE, "down"], env=env, capture_output=True, text=True, timeout=60)
