@@ -172,11 +172,14 @@ def connect(info: ClusterInfo) -> None:
     """Connect this process to the cluster as a driver, with the cluster's token."""
     import ray
     from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    from ray._raylet import AuthenticationTokenLoader
 
     os.environ.update(auth_env(info.auth_token_path))
-    # Ray reads the auth mode into its config when it is imported; this makes the process see
-    # the token mode set above (Ray's own `ray.init` does the same when it enables tokens).
+    # Ray reads the auth mode into its config when it is imported, and caches the token it
+    # first loads: make this process see token mode and this cluster's token, even after it
+    # was connected to another cluster (Ray's own `ray.init` enables tokens the same way).
     _enable_token_auth()
+    AuthenticationTokenLoader.instance().reset_cache()
     ray.init(address=info.address, logging_level="WARNING", log_to_driver=False)
 
 
