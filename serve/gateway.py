@@ -239,7 +239,6 @@ class Gateway:
 
     # ---- shared steps ---------------------------------------------------------------------
 
-
     def _engine(self, target: Target):
         engine = self.engines[target.model]
         return engine.options(multiplexed_model_id=target.adapter) if target.adapter else engine

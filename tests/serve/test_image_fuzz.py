@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import figures
-from serve.config import GatewaySettings
+from paliserve.spec import GatewaySettings
 from serve.errors import InvalidRequest
 from serve.images import decode_image, open_image
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from serve_helpers import data_url, png_bytes
 
-from serve.config import GatewaySettings
+from paliserve.spec import GatewaySettings
 from serve.errors import InvalidRequest
 from serve.images import decode_image
 
