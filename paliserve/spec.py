@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+INGRESS_MIN_ONGOING = 64
+GATEWAY_DEPLOYMENT = "Gateway"  # the separate gateway's Serve deployment
 
 
 class StrictModel(BaseModel):
@@ -274,6 +276,13 @@ class GatewaySettings(StrictModel):
         description="Hosts (`name` or `name:port`) whose http(s) image URLs the gateway fetches; none by default.",
     )
     remote_image_timeout_s: float = Field(default=10.0, gt=0, description="Whole fetch of one remote image.")
+    colocate: bool | None = Field(
+        default=None,
+        description="Run the gateway inside each engine replica (one process and one Ray call fewer per "
+        "request; needs a plan with one deployment). Default: when the plan serves one model without "
+        "LoRA adapters, whose requests Serve routes to the replicas holding their adapter only when "
+        "the gateway is separate.",
+    )
 
 
 class PrometheusPolicyOptions(StrictModel):
@@ -626,6 +635,43 @@ class Plan(StrictModel):
                 raise ValueError(f"deployments must have unique {attr}s, repeated: {dupes}")
         return self
 
+    @model_validator(mode="after")
+    def _colocatable(self) -> Plan:
+        if self.gateway.colocate and len(self.deployments) != 1:
+            raise ValueError(
+                f"gateway.colocate needs a plan with one deployment; this one has {len(self.deployments)}"
+            )
+        return self
+
+    @property
+    def colocated(self) -> bool:
+        """Whether the gateway runs inside the engine replicas (see `GatewaySettings.colocate`)."""
+        if self.gateway.colocate is not None:
+            return self.gateway.colocate
+        return len(self.deployments) == 1 and not self.deployments[0].adapters
+
+    @property
+    def ingress_deployment(self) -> str:
+        """The Serve deployment that answers HTTP: the gateway, or colocated, the model's own."""
+        return self.deployments[0].name if self.colocated else GATEWAY_DEPLOYMENT
+
+    def ingress_max_ongoing_requests(self) -> int:
+        """Requests one ingress replica accepts: four times what the engines behind it hold, at
+        least 64, so that requests wait in its fair queue; Serve's default of 5 would queue the
+        rest at the proxy, where no tenant's share counts."""
+        if self.colocated:
+            held = self.deployments[0].max_ongoing_requests
+        else:
+            held = sum(d.max_ongoing_requests * d.replicas.max for d in self.deployments)
+        return max(INGRESS_MIN_ONGOING, 4 * held)
+
+    def serve_deployments(self) -> list[dict[str, Any]]:
+        """The deployments' entries of the Serve config; colocated, the one deployment is the ingress."""
+        entries = [d.serve_deployment() for d in self.deployments]
+        if self.colocated:
+            entries[0]["max_ongoing_requests"] = self.ingress_max_ongoing_requests()
+        return entries
+
     def serve_config(self) -> dict[str, Any]:
         """A Ray Serve config (`serve deploy` / ServeDeploySchema) for this plan."""
         return {
@@ -636,7 +682,7 @@ class Plan(StrictModel):
                     "route_prefix": "/",
                     "import_path": "serve.app:app_builder",
                     "args": {"plan": self.model_dump(mode="json")},
-                    "deployments": [d.serve_deployment() for d in self.deployments],
+                    "deployments": self.serve_deployments(),
                 }
             ],
         }

@@ -1,31 +1,33 @@
-"""Build the Serve application from a plan: one engine deployment per model, one gateway, and the
-quota authority when any tenant has limits."""
+"""Build the Serve application from a plan: one engine deployment per model behind one gateway
+(or, colocated, the gateway inside the one model's engine replicas), and the quota authority when
+any tenant has limits."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from paliserve.spec import DeploymentPlan, Plan
-from serve.engine import engine_deployment
+from serve.engine import ENGINE_HEALTH_CHECK, engine_deployment
 from serve.gateway import Gateway
 from serve.tenancy.authority import QuotaAuthority
 
-GATEWAY_MIN_ONGOING = 64
 
-
-def admission_capacity(deployment: DeploymentPlan) -> int:
-    """Requests the gateway lets through to a model's engines at once; the rest wait in the fair
+def admission_capacity(deployment: DeploymentPlan, replicas: int) -> int:
+    """Requests a gateway lets through to a model's engines at once; the rest wait in the fair
     queue. The plan's per-replica concurrency that meets every SLO when it predicted one, else
-    what the replicas accept (`max_ongoing_requests`), at max replicas."""
+    what a replica accepts (`max_ongoing_requests`), times the engine replicas behind the gateway."""
     per_replica = deployment.predicted.max_concurrency or deployment.max_ongoing_requests
-    return max(1, per_replica * deployment.replicas.max)
+    return max(1, per_replica * replicas)
 
 
 def tenancy_config(plan: Plan) -> dict:
+    # a colocated gateway admits for its own engine; a separate one for all replicas at max
     return {
         "tenants": [t.model_dump(mode="json") for t in plan.tenants],
         "adapters": {d.model_name: [a.model_dump(mode="json") for a in d.adapters] for d in plan.deployments},
-        "capacity": {d.model_name: admission_capacity(d) for d in plan.deployments},
+        "capacity": {
+            d.model_name: admission_capacity(d, 1 if plan.colocated else d.replicas.max) for d in plan.deployments
+        },
     }
 
 
@@ -33,15 +35,22 @@ def build_app(plan: Plan):
     # a replica that stops (scale-down, redeploy) drains for as long as a request may run, not
     # Serve's 20 s default, so no accepted request is cut
     drain_s = plan.gateway.request_timeout_s
-    engines = {d.model_name: engine_deployment(d, drain_s).bind(d.model_dump(mode="json")) for d in plan.deployments}
     max_model_lens = {d.model_name: d.engine_args.max_model_len for d in plan.deployments}
     limited = {t.name: t.limits.model_dump() for t in plan.tenants if any(v is not None for v in t.limits.model_dump().values())}
     authority = QuotaAuthority.options(ray_actor_options={"num_cpus": 0}).bind(limited) if limited else None
-    # The gateway must accept every request its engines can hold plus those waiting in its fair
-    # queue (Serve's default of 5 ongoing requests would queue the rest at the proxy, unfairly).
-    ongoing = max(GATEWAY_MIN_ONGOING, sum(d.max_ongoing_requests * d.replicas.max for d in plan.deployments) * 4)
-    gateway = Gateway.options(max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": 0.25}, graceful_shutdown_timeout_s=drain_s)
-    return gateway.bind(engines, max_model_lens, plan.gateway.model_dump(mode="json"), tenancy_config(plan), authority)
+    settings = plan.gateway.model_dump(mode="json")
+    if plan.colocated:
+        (deployment,) = plan.deployments
+        (options,) = plan.serve_deployments()
+        gateway = Gateway.options(**options, **ENGINE_HEALTH_CHECK, graceful_shutdown_timeout_s=drain_s)
+        return gateway.bind({}, max_model_lens, settings, tenancy_config(plan), authority, deployment.model_dump(mode="json"))
+    engines = {d.model_name: engine_deployment(d, drain_s).bind(d.model_dump(mode="json")) for d in plan.deployments}
+    gateway = Gateway.options(
+        max_ongoing_requests=plan.ingress_max_ongoing_requests(),
+        ray_actor_options={"num_cpus": 0.25},
+        graceful_shutdown_timeout_s=drain_s,
+    )
+    return gateway.bind(engines, max_model_lens, settings, tenancy_config(plan), authority)
 
 
 def app_builder(args: dict[str, Any]):

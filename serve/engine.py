@@ -14,6 +14,8 @@ from serve.errors import InvalidRequest
 from serve.protocol import EngineChunk, EngineRequest
 
 logger = logging.getLogger("paliserve.engine")
+# Serve's health checks of a replica holding an engine (its own, or a colocated gateway)
+ENGINE_HEALTH_CHECK = {"health_check_period_s": 10, "health_check_timeout_s": 30}
 
 
 def image_token_count(hf_config) -> int:
@@ -92,8 +94,7 @@ class EngineReplica:
         """Adapters the engine holds now (as vLLM reports them)."""
         return sorted(self._loaded[i] for i in await self.engine.list_loras() if i in self._loaded)
 
-    async def _lora_request(self):
-        name = serve.get_multiplexed_model_id()
+    async def _lora_request(self, name: str | None):
         return (await self._load_adapter(name)).lora_request if name else None
 
     def prompt_tokens(self, prompt: str) -> int:
@@ -148,7 +149,7 @@ class EngineReplica:
         from vllm.exceptions import VLLMClientError
 
         self._check_length(request)
-        lora_request = await self._lora_request()
+        lora_request = await self._lora_request(request.adapter)
         params = SamplingParams(**request.sampling_kwargs(), output_kind=output_kind)
         prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
         completion_tokens = 0
@@ -177,8 +178,5 @@ def engine_deployment(plan: DeploymentPlan, drain_s: float):
     plan's (the same entry `Plan.serve_config()` writes for `serve deploy`). A stopping replica
     (scale-down, redeploy) finishes its requests for up to `drain_s` before it is killed."""
     return serve.deployment(EngineReplica).options(
-        **plan.serve_deployment(),
-        health_check_period_s=10,
-        health_check_timeout_s=30,
-        graceful_shutdown_timeout_s=drain_s,
+        **plan.serve_deployment(), **ENGINE_HEALTH_CHECK, graceful_shutdown_timeout_s=drain_s
     )

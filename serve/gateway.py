@@ -20,11 +20,13 @@ from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableE
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paliserve import __version__
-from paliserve.spec import GatewaySettings, TenantPlan
+from paliserve.spec import GATEWAY_DEPLOYMENT, GatewaySettings, TenantPlan
 from serve import tasks
 from serve.middleware import Authenticate, BodySizeLimit
 from serve.errors import APIError, EngineUnavailable, InternalError, InvalidRequest, RequestTimeout, error_body, retry_after
+from serve.engine import EngineReplica
 from serve.images import decode_image
+from serve.local_engine import InProcessEngine
 from serve.remote_images import fetch_image, is_remote
 from serve.protocol import EngineChunk, EngineRequest
 from serve.tenancy.access import Target
@@ -217,10 +219,11 @@ def _usage(chunk: EngineChunk) -> Usage:
     )
 
 
-@serve.deployment(name="Gateway")
+@serve.deployment(name=GATEWAY_DEPLOYMENT)
 @serve.ingress(app)
 class Gateway:
-    """Validates requests, decodes images, and calls the engine deployment of the model asked for."""
+    """Validates requests, decodes images, and calls the engine deployment of the model asked for,
+    or, colocated (`engine` given: the plan of the one deployment), the engine in its own process."""
 
     def __init__(
         self,
@@ -229,7 +232,11 @@ class Gateway:
         settings: dict | None = None,
         tenancy: dict | None = None,
         quota_authority: Any = None,
+        engine: dict | None = None,
     ):
+        self.engine = EngineReplica(engine) if engine is not None else None
+        if self.engine is not None:
+            engines = {self.engine.plan.model_name: InProcessEngine(self.engine)}
         self.engines = engines
         self.max_model_lens = max_model_lens
         self.settings = GatewaySettings.model_validate(settings or {})
@@ -294,6 +301,32 @@ class Gateway:
             for model, gate in self.tenancy.gates.items()
         }
 
+    # ---- colocated: the engine's methods, so that the deployment named after the model answers
+    # handle calls (other gateways, operators, tests) as a separate engine deployment would
+
+    async def check_health(self) -> None:
+        """Serve's health check: a colocated replica is as healthy as its engine."""
+        if self.engine is not None:
+            await self.engine.check_health()
+
+    async def complete(self, request: EngineRequest) -> EngineChunk:
+        return await self._colocated().complete(request)
+
+    async def generate(self, request: EngineRequest):
+        async for chunk in self._colocated().generate(request):
+            yield chunk
+
+    async def in_flight(self) -> int:
+        return await self._colocated().in_flight()
+
+    async def loaded_adapters(self) -> list[str]:
+        return await self._colocated().loaded_adapters()
+
+    def _colocated(self) -> EngineReplica:
+        if self.engine is None:
+            raise RuntimeError("this gateway is not colocated with an engine: ask the engine deployment")
+        return self.engine
+
     # ---- OpenAI API -----------------------------------------------------------------------
 
     @app.get("/v1/models", response_model=ModelList)
@@ -332,6 +365,7 @@ class Gateway:
             top_p=body.top_p,
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
             seed=body.seed,
+            adapter=target.adapter,
         )
         ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, request.max_tokens))
         if body.stream:
@@ -425,7 +459,12 @@ class Gateway:
         image = await self._image(body.image, "image")
         max_tokens = self._max_tokens(target.model, body.max_tokens or TASK_DEFAULT_MAX_TOKENS, "max_tokens")
         request = EngineRequest(
-            request_id=f"task-{uuid.uuid4().hex}", prompt=prompt, image=image, max_tokens=max_tokens, temperature=0.0
+            request_id=f"task-{uuid.uuid4().hex}",
+            prompt=prompt,
+            image=image,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            adapter=target.adapter,
         )
         ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, max_tokens))
         return target.name, image, await self._complete(ticket, request)

@@ -18,6 +18,7 @@ class EngineRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    adapter: str | None = None  # a LoRA adapter of the model (Serve also routes by it as the multiplexed id)
 
     def sampling_kwargs(self) -> dict[str, Any]:
         return {

@@ -84,11 +84,15 @@ def adapter_dirs(session_dir, tiny_model_dir) -> dict[str, Path]:
 
 
 def stack_plan(tiny_model_dir, adapter_dirs):
-    """The tiny plan with LoRA enabled (two adapters per replica), three adapters and the test tenants."""
+    """The tiny plan with LoRA enabled (two adapters per replica), three adapters and the test
+    tenants, served colocated (the gateway inside the engine replica, the default topology of a
+    one-model plan; with adapters it has to be asked for). The separate topology is served by the
+    fault stack (tests/reliability) and by the hardened gateway of test_gateway_limits."""
     from paliserve.local import TINY_MODEL_NAME, tiny_plan
     from paliserve.spec import AdapterPlan, Slo, TenantLimits, TenantPlan
 
     plan = tiny_plan(tiny_model_dir, max_model_len=TEST_MAX_MODEL_LEN)
+    plan.gateway.colocate = True
     deployment = plan.deployments[0]
     deployment.engine_args = deployment.engine_args.model_copy(
         update={"enable_lora": True, "max_loras": 2, "max_lora_rank": 8, "max_cpu_loras": 2}

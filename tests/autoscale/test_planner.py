@@ -136,3 +136,21 @@ def test_a_matching_profile_replaces_datasheet_figures():
     assert "datasheet" in datasheet.deployments[0].calibration
     other = profile.model_copy(update={"accelerator": "A10G"})
     assert any("matches no deployment" in r for r in plan(spec, [(other, "p")]).reasons)
+
+
+def test_one_model_without_adapters_runs_the_gateway_inside_its_engine_replicas():
+    single = plan(one_tenant())
+    assert single.colocated
+    (entry,) = single.serve_config()["applications"][0]["deployments"]
+    # the ingress replica holds its fair queue too, so it accepts more than its engine's batch
+    assert entry["max_ongoing_requests"] == single.ingress_max_ongoing_requests() >= 4 * single.deployments[0].max_ongoing_requests
+    assert not single.model_copy(update={"gateway": single.gateway.model_copy(update={"colocate": False})}).colocated
+
+
+def test_adapters_or_several_models_keep_the_gateway_separate():
+    example = plan(load_spec(str(EXAMPLE)))
+    assert len(example.deployments) > 1 and not example.colocated
+    data = example.model_dump(mode="json")
+    data["gateway"]["colocate"] = True
+    with pytest.raises(ValueError, match="gateway.colocate needs a plan with one deployment; this one has 2"):
+        Plan.model_validate(data)

@@ -20,18 +20,21 @@ import psutil
 from stack_support import chat_body as _chat_body
 from stack_support import wait_for
 from paliserve.local import tiny_plan
+from paliserve.spec import GATEWAY_DEPLOYMENT as GATEWAY
 from paliserve.spec import HttpOptions, Plan, ReplicaBounds
 from serve.cluster import LocalCluster, free_port, wait_until_healthy
 
 APP = "paliserve"
-GATEWAY = "Gateway"
 CLIENT_TIMEOUT_S = 60
 STREAM_LIMIT_S = 400
 MAX_MODEL_LEN = 2048
 
 
 def fault_plan(model_dir, port: int, replicas: int = 2) -> Plan:
+    """Separate gateway and engine deployments (the topology of plans with several models or with
+    adapters), so that each can be killed on its own; colocated, killing a replica is the gateway case."""
     plan = tiny_plan(model_dir, max_num_seqs=8, max_model_len=MAX_MODEL_LEN)
+    plan.gateway.colocate = False
     plan.deployments[0].replicas = ReplicaBounds(min=replicas, initial=replicas, max=replicas)
     plan.http = HttpOptions(host="127.0.0.1", port=port)
     return plan

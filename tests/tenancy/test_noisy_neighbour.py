@@ -52,17 +52,17 @@ async def quiet_run(client, url) -> list[float]:
     return samples
 
 
-async def sample_admission(states: list, stop: asyncio.Event) -> None:
+async def sample_admission(states: list, stop: asyncio.Event, ingress: str) -> None:
     """The gateway's fair-queue state, twice a second, while the flood runs."""
     from ray import serve
 
-    gateway = serve.get_deployment_handle("Gateway", app_name="paliserve")
+    gateway = serve.get_deployment_handle(ingress, app_name="paliserve")
     while not stop.is_set():
         states.append((await gateway.admission_state.remote())["tiny-paligemma"])
         await asyncio.sleep(0.5)
 
 
-async def measure(url) -> tuple[list[float], list[float], int, list[dict]]:
+async def measure(url, ingress: str) -> tuple[list[float], list[float], int, list[dict]]:
     limits = httpx.Limits(max_connections=FLOOD_CONCURRENCY + QUIET_CONCURRENCY + 4)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         alone = await quiet_run(client, url)
@@ -82,7 +82,7 @@ async def measure(url) -> tuple[list[float], list[float], int, list[dict]]:
         flood = [asyncio.create_task(flooder()) for _ in range(FLOOD_CONCURRENCY)]
         await asyncio.sleep(2.0)  # the flood fills the engines and the queue
         states: list[dict] = []
-        sampler = asyncio.create_task(sample_admission(states, stop))
+        sampler = asyncio.create_task(sample_admission(states, stop, ingress))
         flooded = await quiet_run(client, url)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*flood, sampler), MAX_SECONDS)
@@ -95,9 +95,9 @@ async def measure(url) -> tuple[list[float], list[float], int, list[dict]]:
     "against a 2000 ms SLO, while the fair queue kept the quiet tenant at 0 waiting against the flood's 5: "
     "the latency is spent outside the fair gate, in the proxy, gateway and engine sharing two cores",
 )
-def test_quiet_tenant_keeps_its_ttft_slo_under_a_10x_flood(url, ray_client):
+def test_quiet_tenant_keeps_its_ttft_slo_under_a_10x_flood(stack, url, ray_client):
     slo_ms = TEST_TENANTS["quiet"][5]
-    alone, flooded, (flood_served, flood_refused), states = asyncio.run(measure(url))
+    alone, flooded, (flood_served, flood_refused), states = asyncio.run(measure(url, stack["plan"].ingress_deployment))
     flood_backlog = max(s["waiting"].get("flood", 0) for s in states)
     quiet_backlog = max(s["waiting"].get("quiet", 0) for s in states)
     p95_alone, p95_flooded = (float(np.percentile(s, 95)) * 1e3 for s in (alone, flooded))
