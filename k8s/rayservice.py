@@ -6,6 +6,7 @@ import posixpath
 from typing import Any
 
 from paliserve.spec import HttpOptions, Plan
+from serve.ingress import HAPROXY_MODE
 
 from . import yamlio
 from .settings import (APP, CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RAY_VERSION,
@@ -110,6 +111,9 @@ def _container(name: str, ports: list[tuple[str, int]], plan: Plan, settings: Se
             # vLLM binds its engine sockets to this address: the pod's, never loopback here.
             {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "RAY_PROMETHEUS_HOST", "value": settings.prometheus_url},
+            # HAProxy (bundled with ray[serve] on Linux) in front of the ingress replicas instead of
+            # Serve's Python proxy: see serve/ingress.py
+            *({"name": k, "value": v} for k, v in HAPROXY_MODE.items()),
         ],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [

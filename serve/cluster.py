@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from serve.ingress import haproxy_env
 from serve.prometheus import PrometheusInfo
 
 
@@ -79,7 +80,7 @@ class LocalCluster:
         self.http_port = http_port
         self.num_cpus = num_cpus if num_cpus is not None else max(4, (os.cpu_count() or 1) * 2)
         self.num_gpus = num_gpus
-        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-ray-", dir="/tmp")
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-", dir="/tmp")  # short: see serve/ingress.py
         self.env = env or {}
         # Ray's dashboard writes the Prometheus service-discovery file; without it there is none.
         self.dashboard = dashboard
@@ -106,8 +107,9 @@ class LocalCluster:
         if self.num_gpus is not None:
             cmd.append(f"--num-gpus={self.num_gpus}")
         token_path = _write_auth_token(self.temp_dir)
-        env = {**SERVE_THROUGHPUT_ENV, **os.environ, "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0",
-               "DASHBOARD_METRIC_PORT": str(free_port()), **auth_env(token_path), **self.env}  # fmt: skip
+        env = {**SERVE_THROUGHPUT_ENV, **haproxy_env(self.temp_dir, free_port), **os.environ,
+               "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", "DASHBOARD_METRIC_PORT": str(free_port()),
+               **auth_env(token_path), **self.env}  # fmt: skip
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file, token_path)
