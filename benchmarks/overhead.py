@@ -2,7 +2,9 @@
 
 Same machine, same tiny model, same request (28x28 image, "caption en", 16 generated tokens,
 temperature 0), measured one setup after another so that no idle engine competes for the
-cores. Prints p50/p95 latency at concurrency 1 and requests/s and tokens/s at concurrency 16,
+cores. paliserve runs three ways: as `paliserve up` runs a one-model plan (HAProxy in front of
+the colocated gateway and engine), with the gateway as a deployment of its own (plans with
+several models or adapters), and behind Serve's Python proxy instead of HAProxy. Prints p50/p95 latency at concurrency 1 and requests/s and tokens/s at concurrency 16,
 and the ratios against vLLM's server (the baseline a user would otherwise pick).
 
     .venv/bin/python benchmarks/overhead.py [--rounds 3] [--seconds 20]
@@ -36,8 +38,9 @@ from serve.cluster import free_port, stop_process_tree, wait_until_healthy  # no
 MAX_TOKENS = 16
 MAX_NUM_SEQS = 64
 MAX_MODEL_LEN = 512
-OURS = "paliserve (proxy -> colocated gateway+engine)"
-SEPARATE = "paliserve (proxy -> gateway -> engine)"
+OURS = "paliserve (HAProxy -> gateway+engine)"
+SEPARATE = "paliserve (HAProxy -> gateway -> engine)"
+PYTHON_PROXY = "paliserve (Serve proxy -> gateway+engine)"
 
 
 def image():
@@ -169,7 +172,8 @@ def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> 
         log.close()
 
 
-def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path, colocate: bool) -> dict:
+def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path, colocate: bool,
+                    haproxy: bool = True) -> dict:
     import yaml
 
     plan_file = workdir / "plan.yaml"
@@ -177,7 +181,7 @@ def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path,
     plan.gateway.colocate = colocate
     plan_file.write_text(yaml.safe_dump(plan.model_dump(mode="json")))
     port = free_port()
-    env = {**os.environ, "PALISERVE_CACHE": str(workdir / "cache")}
+    env = {**os.environ, "PALISERVE_CACHE": str(workdir / "cache"), "RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0"}
     paliserve = str(Path(sys.executable).with_name("paliserve"))
     started = subprocess.run([paliserve, "up", "--detach", "--plan", str(plan_file), "--port", str(port)], env=env,
                              capture_output=True, text=True, timeout=400)  # fmt: skip
@@ -194,10 +198,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--only", choices=["inprocess", "vllm", "paliserve", "separate"], action="append")
+    parser.add_argument("--only", choices=["inprocess", "vllm", "paliserve", "separate", "pyproxy"], action="append")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     opts = parser.parse_args()
-    only = set(opts.only or ["inprocess", "vllm", "paliserve", "separate"])
+    only = set(opts.only or ["inprocess", "vllm", "paliserve", "separate", "pyproxy"])
     results = {}
     with tempfile.TemporaryDirectory(prefix="paliserve-bench-") as tmp:
         workdir = Path(tmp)
@@ -210,11 +214,14 @@ def main() -> None:
             results[OURS] = paliserve_stack(model_dir, opts.rounds, opts.seconds, workdir, colocate=True)
         if "separate" in only:
             results[SEPARATE] = paliserve_stack(model_dir, opts.rounds, opts.seconds, workdir, colocate=False)
+        if "pyproxy" in only:
+            results[PYTHON_PROXY] = paliserve_stack(model_dir, opts.rounds, opts.seconds, workdir, colocate=True,
+                                                    haproxy=False)  # fmt: skip
     print(f"\n{'setup':46} {'p50 ms c=1':>11} {'p95 ms c=1':>11} {'req/s c=16':>11} {'tok/s c=16':>11}")
     for name, r in results.items():
         print(f"{name:46} {r['p50_ms']:11.1f} {r['p95_ms']:11.1f} {r['req_per_s']:11.1f} {r['tok_per_s']:11.0f}")
     base = results.get("vLLM OpenAI server")
-    for name in (OURS, SEPARATE):
+    for name in (OURS, SEPARATE, PYTHON_PROXY):
         ours = results.get(name)
         if base and ours:
             print(
