@@ -190,10 +190,6 @@ def _prompt_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
     return "\n".join(t.strip() for t in texts if t.strip()), images[0]
 
 
-async def _result(response):
-    return await response
-
-
 def _finish(chunk: EngineChunk) -> str | None:
     return "length" if chunk.finish_reason == "length" else "stop" if chunk.finish_reason else None
 
@@ -270,20 +266,21 @@ class Gateway:
     async def _complete(self, ticket: Ticket, request: EngineRequest) -> EngineChunk:
         response = self._engine(ticket.target).complete.remote(request)
         try:
-            chunk = await asyncio.wait_for(_result(response), self.settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()  # aborts the engine request
-            ticket.finish(504)
-            raise self._timed_out() from None
+            chunk = await asyncio.wait_for(response, self.settings.request_timeout_s)
         except asyncio.CancelledError:  # the client went away
             ticket.finish(499)
             raise
         except Exception as exc:
-            failure = _engine_failure(exc)
+            response.cancel()  # aborts the engine request after a timeout; a no-op after a failure
+            failure = self._failure(exc)
             ticket.finish(failure.status_code)
             raise failure from None
         ticket.finish(200, chunk.prompt_tokens, chunk.completion_tokens)
         return chunk
+
+    def _failure(self, exc: BaseException) -> APIError:
+        """What an engine call that raised `exc` tells the client."""
+        return self._timed_out() if isinstance(exc, asyncio.TimeoutError) else _engine_failure(exc)
 
     def _timed_out(self) -> RequestTimeout:
         return RequestTimeout(
@@ -400,7 +397,7 @@ class Gateway:
             if isinstance(exc, asyncio.CancelledError):
                 ticket.finish(499)
                 raise
-            failure = self._timed_out() if isinstance(exc, asyncio.TimeoutError) else _engine_failure(exc)
+            failure = self._failure(exc)
             ticket.finish(failure.status_code)
             raise failure from None
         created = int(time.time())
@@ -443,7 +440,7 @@ class Gateway:
                 yield "data: [DONE]\n\n"
                 status = 200
             except Exception as exc:  # after headers are sent, errors travel in-band
-                failure = self._timed_out() if isinstance(exc, asyncio.TimeoutError) else _engine_failure(exc)
+                failure = self._failure(exc)
                 status = failure.status_code
                 yield f"data: {json.dumps(error_body(failure.message, 'server_error', None, failure.code))}\n\n"
             finally:
