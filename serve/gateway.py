@@ -202,6 +202,14 @@ def _authenticated(request: Request) -> TenantPlan | None:
 Caller = Annotated[TenantPlan | None, Depends(_authenticated)]
 
 
+def _received(request: Request) -> float:
+    """When the request reached this replica (stamped by the Authenticate middleware)."""
+    return getattr(request.state, "received", None) or time.monotonic()
+
+
+Received = Annotated[float, Depends(_received)]
+
+
 def _estimate(prompt: str, max_tokens: int | None) -> int:
     """Tokens a request is charged in the fair queue before its real count is known."""
     return len(prompt.split()) + 1 + (max_tokens or ESTIMATED_OUTPUT_TOKENS)
@@ -346,7 +354,7 @@ class Gateway:
         return _json({"status": "ok" if healthy else "unhealthy", "models": states}, 200 if healthy else 503)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion)
-    async def chat_completions(self, body: ChatCompletionRequest, tenant: Caller) -> Response:
+    async def chat_completions(self, body: ChatCompletionRequest, tenant: Caller, received: Received) -> Response:
         target = self.tenancy.resolve(body.model, tenant)
         model = target.model
         prompt, image_url = _prompt_and_image(body)
@@ -364,7 +372,7 @@ class Gateway:
             seed=body.seed,
             adapter=target.adapter,
         )
-        ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, request.max_tokens))
+        ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, request.max_tokens), received)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await self._stream(ticket, request, include_usage)
@@ -451,7 +459,9 @@ class Gateway:
 
     # ---- PaliGemma task routes ------------------------------------------------------------
 
-    async def _task(self, body, prompt: str, tenant: TenantPlan | None) -> tuple[str, Image.Image, EngineChunk]:
+    async def _task(
+        self, body, prompt: str, tenant: TenantPlan | None, received: float
+    ) -> tuple[str, Image.Image, EngineChunk]:
         target = self.tenancy.resolve(body.model, tenant)
         image = await self._image(body.image, "image")
         max_tokens = self._max_tokens(target.model, body.max_tokens or TASK_DEFAULT_MAX_TOKENS, "max_tokens")
@@ -463,31 +473,31 @@ class Gateway:
             temperature=0.0,
             adapter=target.adapter,
         )
-        ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, max_tokens))
+        ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, max_tokens), received)
         return target.name, image, await self._complete(ticket, request)
 
-    async def _text_task(self, body, prompt: str, tenant: TenantPlan | None) -> Response:
-        model, _, chunk = await self._task(body, prompt, tenant)
+    async def _text_task(self, body, prompt: str, tenant: TenantPlan | None, received: float) -> Response:
+        model, _, chunk = await self._task(body, prompt, tenant, received)
         return _json(
             TextResult(model=model, prompt=prompt, text=chunk.text.strip(), finish_reason=_finish(chunk), usage=_usage(chunk))
         )
 
     @app.post("/v1/vision/caption", response_model=TextResult)
-    async def caption(self, body: CaptionRequest, tenant: Caller) -> Response:
-        return await self._text_task(body, tasks.caption_prompt(body.language), tenant)
+    async def caption(self, body: CaptionRequest, tenant: Caller, received: Received) -> Response:
+        return await self._text_task(body, tasks.caption_prompt(body.language), tenant, received)
 
     @app.post("/v1/vision/ocr", response_model=TextResult)
-    async def ocr(self, body: OCRRequest, tenant: Caller) -> Response:
-        return await self._text_task(body, tasks.ocr_prompt(), tenant)
+    async def ocr(self, body: OCRRequest, tenant: Caller, received: Received) -> Response:
+        return await self._text_task(body, tasks.ocr_prompt(), tenant, received)
 
     @app.post("/v1/vision/answer", response_model=TextResult)
-    async def answer(self, body: AnswerRequest, tenant: Caller) -> Response:
-        return await self._text_task(body, tasks.answer_prompt(body.language, body.question), tenant)
+    async def answer(self, body: AnswerRequest, tenant: Caller, received: Received) -> Response:
+        return await self._text_task(body, tasks.answer_prompt(body.language, body.question), tenant, received)
 
     @app.post("/v1/vision/detect", response_model=DetectResult)
-    async def detect(self, body: DetectRequest, tenant: Caller) -> Response:
+    async def detect(self, body: DetectRequest, tenant: Caller, received: Received) -> Response:
         prompt = tasks.detect_prompt(body.objects)
-        model, image, chunk = await self._task(body, prompt, tenant)
+        model, image, chunk = await self._task(body, prompt, tenant, received)
         return _json(
             DetectResult(
                 model=model,

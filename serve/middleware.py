@@ -7,6 +7,8 @@ must also hold for chunked bodies that declare no length.
 
 from __future__ import annotations
 
+import time
+
 import json
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +57,8 @@ def too_large(size: int, limit: int) -> PayloadTooLarge:
 
 
 class Authenticate:
-    """Maps `Authorization` to the caller's tenant (`request.state.tenant`) or answers 401."""
+    """Maps `Authorization` to the caller's tenant (`request.state.tenant`) or answers 401; runs
+    first, so it also stamps the request's arrival (`request.state.received`)."""
 
     def __init__(self, app: ASGIApp, authenticate: Callable[[str | None, str | None], Any], public: frozenset[str]):
         self.app = app
@@ -63,6 +66,8 @@ class Authenticate:
         self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # the earliest moment the application sees the request (`request.state.received`)
+        scope.setdefault("state", {})["received"] = time.monotonic()
         path = scope.get("path", "").removeprefix(scope.get("root_path", "")) or "/"
         if scope["type"] != "http" or path in self.public:
             await self.app(scope, receive, send)

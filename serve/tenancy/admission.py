@@ -39,7 +39,8 @@ class Ticket:
     target: Target
     estimate: int
     received: float
-    admitted: float | None = None
+    queued: float | None = None  # entered the fair gate
+    admitted: float | None = None  # left it with a slot
     first_token: float | None = None
     done: bool = False
 
@@ -50,8 +51,9 @@ class Ticket:
     def first_token_seen(self) -> None:
         if self.first_token is None:
             self.first_token = time.monotonic()
-            if self.admitted is not None:
-                self.tenancy.gates[self.target.model].first_token(self.first_token - self.admitted)
+            if self.admitted is not None:  # the gate learns all the time to a first token but its own wait
+                waited = self.admitted - self.queued
+                self.tenancy.gates[self.target.model].first_token(self.first_token - self.received - waited)
             self.tenancy.metrics.ttft.observe(self.first_token - self.received, tags=self.tags)
 
     def __del__(self):
@@ -116,9 +118,10 @@ class Tenancy:
         self.metrics.rejections.inc(tags={**tags, "reason": reason})
         self.metrics.requests.inc(tags={**tags, "status": str(status)})
 
-    async def admit(self, tenant: TenantPlan | None, target: Target, estimate: int) -> Ticket:
-        """Quota first (cheap refusals never wait), then a fair slot at the engines."""
-        received = time.monotonic()
+    async def admit(self, tenant: TenantPlan | None, target: Target, estimate: int, received: float | None = None) -> Ticket:
+        """Quota first (cheap refusals never wait), then a fair slot at the engines. `received`:
+        when the request reached the replica (default: now)."""
+        received = received if received is not None else time.monotonic()
         if self.limited(tenant):
             await self._take_quota(tenant, target)
         ticket = Ticket(self, tenant, target, estimate, received)
@@ -128,6 +131,7 @@ class Tenancy:
         if gate.running >= gate.capacity or gate.vtc.waiting():
             self.metrics.queue_depth.set(gate.vtc.waiting(name) + 1, tags=tags)
         try:
+            ticket.queued = time.monotonic()
             await gate.admit(name, weight, estimate, self._ttft_slo_s(tenant))
             ticket.admitted = time.monotonic()
         except BaseException as exc:

@@ -25,7 +25,7 @@ from serve.errors import Overloaded, retry_after
 
 
 SERVICE_EWMA = 0.2  # weight of the newest request in the moving average of slot holding time
-TTFT_SAMPLES = 200  # recent admission-to-first-token times kept for their p95
+TTFT_SAMPLES = 200  # recent first-token times (without the wait for a slot) kept for their p95
 
 
 @dataclass
@@ -107,15 +107,17 @@ class FairGate:
         self.running = 0
         self.vtc = VirtualTokenCounters()
         self.service_s: float | None = None  # moving average of how long a request holds a slot
-        self.engine_ttft_s: deque[float] = deque(maxlen=TTFT_SAMPLES)  # first token, after admission
+        # receipt to first token less the wait for a slot: the part of TTFT the gate does not decide
+        self.unqueued_ttft_s: deque[float] = deque(maxlen=TTFT_SAMPLES)
 
-    def first_token(self, after_admission_s: float) -> None:
-        self.engine_ttft_s.append(after_admission_s)
+    def first_token(self, unqueued_s: float) -> None:
+        self.unqueued_ttft_s.append(unqueued_s)
 
     def wait_budget(self, ttft_slo_s: float) -> float:
-        """What a TTFT objective leaves for waiting: the objective less the p95 time from
-        admission to first token seen lately."""
-        recent = sorted(self.engine_ttft_s)
+        """What a TTFT objective leaves for waiting: the objective less the p95, seen lately, of
+        the time from the request's arrival at the replica to its first token without the wait
+        for a slot (parsing, image decoding and the engine's prefill, on a busy machine too)."""
+        recent = sorted(self.unqueued_ttft_s)
         return ttft_slo_s - (recent[int(0.95 * (len(recent) - 1))] if recent else 0.0)
 
     def expected_wait(self, tenant: str, weight: float) -> float | None:
