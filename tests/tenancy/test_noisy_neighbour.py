@@ -91,9 +91,10 @@ async def measure(url, ingress: str) -> tuple[list[float], list[float], int, lis
 
 @pytest.mark.xfail(
     strict=False,
-    reason="not yet held on the 2-core development box: measured p95 TTFT 221 ms alone, 3618 ms flooded "
-    "against a 2000 ms SLO, while the fair queue kept the quiet tenant at 0 waiting against the flood's 5: "
-    "the latency is spent outside the fair gate, in the proxy, gateway and engine sharing two cores",
+    reason="not yet held on the 2-core development box: measured p95 TTFT 116 ms alone, 3113 ms flooded "
+    "against a 2000 ms SLO (HAProxy, colocated gateway), while the fair queue kept the quiet tenant at 0 "
+    "waiting: the latency is spent outside the fair gate, in the replica process, engine and clients "
+    "sharing two cores",
 )
 def test_quiet_tenant_keeps_its_ttft_slo_under_a_10x_flood(stack, url, ray_client):
     slo_ms = TEST_TENANTS["quiet"][5]
