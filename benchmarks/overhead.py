@@ -4,7 +4,8 @@ Same machine, same tiny model, same request (28x28 image, "caption en", 16 gener
 temperature 0), measured one setup after another so that no idle engine competes for the
 cores. paliserve runs three ways: as `paliserve up` runs a one-model plan (HAProxy in front of
 the colocated gateway and engine), with the gateway as a deployment of its own (plans with
-several models or adapters), and behind Serve's Python proxy instead of HAProxy. Prints p50/p95 latency at concurrency 1 and requests/s and tokens/s at concurrency 16,
+several models or adapters), and behind Serve's Python proxy instead of HAProxy. Prints p50/p95
+latency at concurrency 1 and requests/s and tokens/s at concurrency 16,
 and the ratios against vLLM's server (the baseline a user would otherwise pick).
 
     .venv/bin/python benchmarks/overhead.py [--rounds 3] [--seconds 20]

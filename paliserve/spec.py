@@ -655,14 +655,16 @@ class Plan(StrictModel):
         """The Serve deployment that answers HTTP: the gateway, or colocated, the model's own."""
         return self.deployments[0].name if self.colocated else GATEWAY_DEPLOYMENT
 
+    def replicas_behind_ingress(self, deployment: DeploymentPlan) -> int:
+        """Engine replicas of `deployment` that one ingress replica sends requests to: its own
+        engine when colocated, else all of them at max replicas."""
+        return 1 if self.colocated else deployment.replicas.max
+
     def ingress_max_ongoing_requests(self) -> int:
         """Requests one ingress replica accepts: four times what the engines behind it hold, at
         least 64, so that requests wait in its fair queue; Serve's default of 5 would queue the
         rest at the proxy, where no tenant's share counts."""
-        if self.colocated:
-            held = self.deployments[0].max_ongoing_requests
-        else:
-            held = sum(d.max_ongoing_requests * d.replicas.max for d in self.deployments)
+        held = sum(d.max_ongoing_requests * self.replicas_behind_ingress(d) for d in self.deployments)
         return max(INGRESS_MIN_ONGOING, 4 * held)
 
     def serve_deployments(self) -> list[dict[str, Any]]:

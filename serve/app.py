@@ -21,13 +21,10 @@ def admission_capacity(deployment: DeploymentPlan, replicas: int) -> int:
 
 
 def tenancy_config(plan: Plan) -> dict:
-    # a colocated gateway admits for its own engine; a separate one for all replicas at max
     return {
         "tenants": [t.model_dump(mode="json") for t in plan.tenants],
         "adapters": {d.model_name: [a.model_dump(mode="json") for a in d.adapters] for d in plan.deployments},
-        "capacity": {
-            d.model_name: admission_capacity(d, 1 if plan.colocated else d.replicas.max) for d in plan.deployments
-        },
+        "capacity": {d.model_name: admission_capacity(d, plan.replicas_behind_ingress(d)) for d in plan.deployments},
     }
 
 
