@@ -85,7 +85,10 @@ class Authenticate:
 
 async def _send_error(send: Send, error: APIError) -> None:
     body = json.dumps(error.body()).encode()
+    # No `Connection: close`: closing a socket with unread request body makes the kernel send a
+    # reset, which can destroy the response before HAProxy reads it (seen in CI: a 413's headers
+    # arrived, its body did not). Kept alive, uvicorn discards the rest of the body unbuffered.
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]  # fmt: skip
+               *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]  # fmt: skip
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
