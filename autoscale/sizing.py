@@ -258,7 +258,11 @@ def _choose_tp(demand, accel, options, dtype, batched, cap, loras, rank, max_mod
     if fitting:
         change = f"set per_node >= {fitting[0]} for {accel.name} (tensor_parallel_size {fitting[0]}: {need(fitting[0]) / GB:.1f} GB per device)"
     elif demand.model.quantization in ("none", "fp8") and accel.device == "gpu":
-        change = f"quantize the weights (quantization: int4) or use a GPU with at least {need(1) / options.max_memory_share / GB:.0f} GB"
+        fp8 = ", quantize on load (quantization: fp8)" if demand.model.quantization == "none" else ""
+        change = (
+            f"serve an int4-quantized checkpoint (AWQ or GPTQ; quantization: int4){fp8}, or use a GPU with "
+            f"at least {need(1) / options.max_memory_share / GB:.0f} GB"
+        )
     else:
         change = f"use a device with at least {need(1) / options.max_memory_share / GB:.0f} GB"
     raise InfeasiblePlan("memory", detail, change)

@@ -123,7 +123,12 @@ class ModelSpec(StrictModel):
     architecture: Architecture | None = None
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     quantization: Literal["none", "fp8", "int8", "int4"] = Field(
-        default="none", description="Weight quantization of the decoder's linear layers."
+        default="none",
+        description=(
+            "Weight quantization of the decoder's linear layers. fp8: vLLM quantizes a 16-bit "
+            "checkpoint as it loads it. int8/int4: the checkpoint must already be quantized (AWQ, "
+            "GPTQ, compressed-tensors); vLLM reads the method from its config.json."
+        ),
     )
     adapters: list[AdapterSpec] = Field(default_factory=list)
 
