@@ -14,6 +14,15 @@ model and accelerator is given. Times are seconds.
   lambda = batch x the load's arrivals per request in flight (hardware-independent, see demand.py);
   p95 wait = prefill / (1 - rho) x ln(rho / 0.05), at most (batch - 1) prefills (only the other
   requests in flight can be ahead).
+- Throughput at batch b: b requests in flight, each taking E2E = mean TTFT + (output - 1) x TPOT,
+  so b / E2E requests/s and b x output / E2E tokens/s (Little's law).
+
+The serving path. The engine's figures leave out what a client also waits for: HTTP, the gateway,
+image decoding and preprocessing, streaming, and the CPU those share with the engine. When the
+profile has serving points (measured through the endpoint at several concurrencies), the path's
+share at each point is the measured figure less the engine model's at the same concurrency and
+request sizes; it is interpolated over concurrency and added to the engine model. The measured TTFT
+includes the queueing of a closed loop at that concurrency, so it replaces the queue model.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from .memory import (
     param_counts,
     weight_bytes,
 )
-from .profile import Profile
+from .profile import Profile, through
 
 ALLREDUCE_LATENCY_S = 20e-6
 
@@ -153,18 +162,59 @@ class ReplicaPerformance:
         compute = 2 * self.params.text_linear * batch / self.flops
         return max(memory, compute) + self.efficiency.step_overhead_s + self.comm_s
 
-    def tpot_s(self, batch: float, load: Load) -> float:
+    def engine_tpot_s(self, batch: float, load: Load) -> float:
         prefill_per_step = batch * self.prefill_s(load.prompt_mean) / max(load.output_mean, 1.0)
         return self.step_s(batch, load.context_mean) + prefill_per_step
 
+    def tpot_s(self, batch: float, load: Load) -> float:
+        return max(self.engine_tpot_s(batch, load) + self.path_s("tpot", batch), 1e-6)
+
     def e2e_s(self, batch: float, load: Load) -> float:
-        return self.prefill_s(load.prompt_mean) + max(load.output_mean - 1, 0) * self.tpot_s(batch, load)
+        return self.ttft_mean_s(batch, load) + max(load.output_mean - 1, 0) * self.tpot_s(batch, load)
 
     def tokens_per_s(self, batch: float, load: Load) -> float:
-        return batch / self.tpot_s(batch, load)
+        return batch * max(load.output_mean, 1.0) / self.e2e_s(batch, load)
 
     def requests_per_s(self, batch: float, load: Load) -> float:
         return batch / self.e2e_s(batch, load)
+
+    # --- the serving path (from the profile's serving points) ------------------------------
+    @property
+    def serving_measured(self) -> bool:
+        return self.profile is not None and bool(self.profile.serving)
+
+    @cached_property
+    def _path_points(self) -> dict[str, list[tuple[float, float]]]:
+        """Per concurrency, what the measured endpoint added to the engine model's figures. The
+        measured figures are first made non-decreasing in concurrency (noise aside, latency
+        never falls as load grows). The engine is taken at the share it was profiled with (1)."""
+        profile = self.profile
+        workload = profile.serving_workload
+        load = Load(image_tokens=profile.image_tokens, prompt_mean=workload.prompt_tokens_mean,
+                    output_mean=workload.output_tokens_mean)  # fmt: skip
+        engine = ReplicaPerformance(self.arch, self.dtype, self.dtype_bytes, self.quantization, self.accelerator,
+                                    1.0, self.tp, self.efficiency, self.block_size, profile)  # fmt: skip
+        paths: dict[str, list[tuple[float, float]]] = {"ttft_p95": [], "ttft_mean": [], "tpot": []}
+        highest = dict.fromkeys(paths, 0.0)
+        for point in profile.serving:
+            c = point.concurrency
+            step = engine.step_s(c, load.context_mean)
+            measured = {"ttft_p95": point.ttft_p95_seconds, "ttft_mean": point.ttft_mean_seconds,
+                        "tpot": point.tpot_mean_seconds}  # fmt: skip
+            modelled = {"ttft_p95": engine.prefill_s(workload.prompt_tokens_p95) + step,
+                        "ttft_mean": engine.prefill_s(workload.prompt_tokens_mean) + step,
+                        "tpot": engine.engine_tpot_s(c, load)}  # fmt: skip
+            for kind in paths:
+                highest[kind] = max(highest[kind], measured[kind])
+                paths[kind].append((c, highest[kind] - modelled[kind]))
+        return paths
+
+    def path_s(self, kind: str, batch: float) -> float:
+        """Seconds the serving path adds to `kind` (ttft_p95, ttft_mean, tpot) at this batch; 0
+        without serving points."""
+        if not self.serving_measured:
+            return 0.0
+        return through(self._path_points[kind], batch)
 
     # --- TTFT ----------------------------------------------------------------------------
     def queue_wait_p95_s(self, batch: float, load: Load) -> float:
@@ -177,8 +227,13 @@ class ReplicaPerformance:
         return min(queue, ahead)
 
     def ttft_p95_s(self, batch: float, load: Load, prompt_p95: float) -> float:
-        return (
-            self.queue_wait_p95_s(batch, load)
-            + self.prefill_s(prompt_p95)
-            + self.step_s(batch, load.context_mean)
-        )
+        first_token = self.prefill_s(prompt_p95) + self.step_s(batch, load.context_mean)
+        if self.serving_measured:
+            return first_token + max(self.path_s("ttft_p95", batch), 0.0)
+        return self.queue_wait_p95_s(batch, load) + first_token
+
+    def ttft_mean_s(self, batch: float, load: Load) -> float:
+        """Prefill of the mean prompt and one step, plus the serving path's mean share (the queue
+        model's mean is not kept apart: without serving points it is left out)."""
+        first_token = self.prefill_s(load.prompt_mean) + self.step_s(batch, load.context_mean)
+        return first_token + max(self.path_s("ttft_mean", batch), 0.0)

@@ -282,10 +282,7 @@ def _deployment(demand: Demand, s: Sizing, spec: ClusterSpec) -> DeploymentPlan:
     reasons["engine_args.enforce_eager"] = (
         "vLLM on CPUs runs eagerly" if cpu else "CUDA graphs on: faster decode steps"
     )
-    reasons["predicted"] = (
-        f"at the planned {batch} requests per replica (target concurrency over initial replicas); "
-        f"{s.calibration}"
-    )
+    reasons["predicted"] = _predicted_reason(s, batch)
     return DeploymentPlan(
         name=deployment_name(model.name),
         model=model.name,
@@ -352,6 +349,25 @@ def _tenants(spec: ClusterSpec, chosen: dict[str, Sizing], deployments: list[Dep
             )
         )
     return result
+
+
+def _predicted_reason(s: Sizing, batch: int) -> str:
+    perf, load = s.perf, s.load
+    parts = [f"at the planned {batch} requests per replica (target concurrency over initial replicas); {s.calibration}"]
+    if perf.serving_measured:
+        points = ", ".join(str(p.concurrency) for p in perf.profile.serving)
+        parts.append(
+            f"plus the serving path measured through {perf.profile.serving_workload.endpoint or 'the endpoint'} at "
+            f"concurrency {points}: at {batch} it adds {perf.path_s('ttft_p95', batch) * 1e3:.1f} ms to TTFT p95 and "
+            f"{perf.path_s('tpot', batch) * 1e3:.2f} ms to TPOT"
+        )
+    elif perf.profile is not None:
+        parts.append("the engine alone (the profile has no serving points: HTTP, gateway and streaming are left out)")
+    parts.append(
+        f"throughput {batch} in flight / E2E {perf.e2e_s(batch, load) * 1e3:.0f} ms (mean TTFT + "
+        f"{max(load.output_mean - 1, 0):g} x TPOT) = {perf.requests_per_s(batch, load):.2f} requests/s"
+    )
+    return "; ".join(parts)
 
 
 def _plan_reasons(needs, chosen, ranked, profiles) -> list[str]:

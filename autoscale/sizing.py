@@ -300,13 +300,12 @@ def _ttft_limits(demand: Demand) -> list[tuple[float, float]]:
 def _largest_batch(perf: ReplicaPerformance, demand: Demand, load: Load, limit: int) -> int:
     """Largest batch in [1, limit] meeting every SLO (latencies grow with batch); 0 if none."""
     tpot_slo = demand.tpot_slo_s
-    ttft_limits = [(perf.prefill_s(p95), slo) for p95, slo in _ttft_limits(demand)]
+    ttft_limits = _ttft_limits(demand)
 
     def meets(batch: int) -> bool:
         if perf.tpot_s(batch, load) > tpot_slo:
             return False
-        shared = perf.queue_wait_p95_s(batch, load) + perf.step_s(batch, load.context_mean)
-        return all(shared + prefill <= slo for prefill, slo in ttft_limits)
+        return all(perf.ttft_p95_s(batch, load, p95) <= slo for p95, slo in ttft_limits)
 
     lo, hi = 0, int(limit)
     while lo < hi:
@@ -343,7 +342,9 @@ def _raise_slo_floor(demand: Demand, perf: ReplicaPerformance, load: Load, accel
                 "ttft_slo",
                 f"tenant {t.name}'s TTFT p95 SLO {t.slo.ttft_p95_ms:g} ms is below the floor of "
                 f"{ttft * 1e3:.1f} ms for model {demand.model.name} at batch 1 on {accel.name} (vision "
-                f"{perf.vision_s() * 1e3:.1f} ms + prefill of {t.prompt.p95:g} prompt tokens and one step)",
+                f"{perf.vision_s() * 1e3:.1f} ms + prefill of {t.prompt.p95:g} prompt tokens and one step"
+                + (f" + the measured serving path {perf.path_s('ttft_p95', 1) * 1e3:.1f} ms" if perf.serving_measured else "")
+                + ")",
                 f"raise slo.ttft_p95_ms of tenant {t.name} to at least {math.ceil(ttft * 1e3)} ms, or use a faster GPU",
             )
     raise AssertionError("batch 1 meets every SLO")  # pragma: no cover
@@ -409,9 +410,4 @@ def _explain(reasons, demand, accel, dtype, tp, share, batch, batch_limit, bound
         f"tensor_parallel_size {tp} x share {share:g}"
         + (f"; 1/{round(1 / share)} of a {accel.name} serves the same load with the same replica count, "
            f"so replicas share GPUs" if share < 1 else "")
-    )
-    reasons["predicted"] = (
-        f"at {perf.tpot_s(1, load) * 1e3:.1f} ms/token at batch 1: decode step reads "
-        f"{perf.arch.text.num_layers}-layer decoder weights over {accel.bandwidth_bytes_s / 1e12:g} TB/s"
-        if perf.profile is None else "interpolated from the measured profile"
     )

@@ -44,6 +44,42 @@ def tiny_model(
     console.print(f"wrote tiny PaliGemma to [bold]{path}[/]")
 
 
+@app.command("profile-endpoint")
+def profile_endpoint(
+    plan: Annotated[Path, typer.Argument(help="The plan the endpoint serves (one replica of the profile's model).")],
+    host: Annotated[str, typer.Option(help="Base URL of the endpoint, e.g. http://127.0.0.1:8000.")],
+    profile: Annotated[Path, typer.Option(help="Engine profile from `paliserve profile` to add serving points to.")],
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Profile to write (default: --profile, in place).")] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies to measure.")] = "1,2,4,8,16",
+    seconds: Annotated[float, typer.Option(help="Seconds of load at each concurrency.")] = 20,
+    tenant: Annotated[Optional[str], typer.Option(help="Tenant whose workload is sent (default: the first on the model).")] = None,
+    keys: Annotated[Optional[Path], typer.Option(help="YAML/JSON mapping tenant -> API key.")] = None,
+    work: Annotated[Optional[Path], typer.Option(help="Directory for each point's load-test report.")] = None,
+) -> None:
+    """Measure the whole serving path through a live endpoint at several concurrencies (the load
+    test's own client) and add it to a profile as serving points, which the planner then adds to
+    its engine model."""
+    import tempfile
+
+    from autoscale.profile import load_profile, save_profile
+    from loadtests.traffic import PlanError
+    from paliserve.endpoint_profile import EndpointProfileError, measure_serving
+
+    try:
+        parsed = Plan.model_validate(yaml.safe_load(plan.read_text()))
+        engine = load_profile(profile)
+        levels = [int(x) for x in concurrency.split(",") if x.strip()]
+        workdir = work or Path(tempfile.mkdtemp(prefix="paliserve-endpoint-profile-"))
+        result = measure_serving(parsed, engine, host, levels, seconds, workdir, keys, tenant,
+                                 say=lambda line: console.print(line, markup=False, highlight=False))  # fmt: skip
+    except (EndpointProfileError, PlanError, ValueError, OSError) as exc:
+        _error(f"error: {exc}")
+        raise typer.Exit(2) from None
+    target = out or profile
+    save_profile(result, target)
+    console.print(f"wrote {target}: {len(result.serving)} serving points (reports in {workdir})", highlight=False)
+
+
 def _load_plan(plan: Optional[Path], model: Optional[str], device: str, max_model_len: int) -> Plan:
     if plan is not None:
         return Plan.model_validate(yaml.safe_load(plan.read_text()))
