@@ -2,10 +2,12 @@
 
 Ray exports application metrics with a `ray_` prefix, and vLLM's `vllm:` names arrive as
 `ray_vllm_` (see FACTS.md); the gateway's `paliserve_*` metrics arrive as `ray_paliserve_*`.
+Prometheus names a counter `<name>_total` and a histogram's series `<name>_bucket|_sum|_count`;
+tests/k8s/test_k8s_metric_names.py checks every name here against the code and README's table.
 """
 
 REQUESTS = "ray_paliserve_requests_total"  # counter {tenant, model, status}
-TTFT_BUCKET = "ray_paliserve_ttft_seconds_bucket"  # histogram {tenant, model}
+TTFT_BUCKET = "ray_paliserve_time_to_first_token_seconds_bucket"  # histogram {tenant, model}
 REJECTIONS = "ray_paliserve_rejections_total"  # counter {tenant, reason}
 ERROR_STATUS = "5.."  # regex over `status` that counts as an error
 
