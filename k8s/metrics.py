@@ -21,5 +21,9 @@ KV_CACHE_HIGH = 0.9
 KV_CACHE_FOR = "10m"
 ERROR_RATIO = 0.05
 ERROR_FOR = "5m"
-REJECTIONS_PER_S = 0.0  # any sustained quota rejection is worth a look
-REJECTIONS_FOR = "15m"
+# `reason` of a tenant's own quota refusing a request (429; serve/tenancy/quotas.py). The gateway's
+# other reasons are not quota: unauthenticated, forbidden, unknown_model (4xx, the client's), and
+# overloaded, quota_authority_unavailable (503s, in the error-rate alert); the dashboard shows all.
+QUOTA_REASONS = ("max_concurrency", "requests_per_min", "tokens_per_min")
+QUOTA_REJECTED_RATIO = 0.1  # of a tenant's requests, sustained: its limits are below its traffic
+QUOTA_REJECTED_FOR = "15m"

@@ -8,8 +8,10 @@ import pytest
 import yaml
 from k8s_plans import TINY_MODEL, cpu_plan, example_plan, render_docs
 
+from k8s import metrics
 from k8s.settings import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, Settings
-from paliserve.spec import SHA256_HEX, AutoscalingPolicyRef
+from paliserve.spec import SHA256_HEX, AutoscalingPolicyRef, TenantLimits
+from serve.tenancy.quotas import QuotaLedger
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +118,25 @@ def test_one_ttft_rule_per_tenant_with_its_own_threshold(plan, prod):
         assert f'tenant="{tenant.name}"' in ttft[tenant.name]
         assert ttft[tenant.name].endswith(f"> {tenant.slo.ttft_p95_ms / 1000:g}")
     assert {"PaliserveKVCacheHigh", "PaliserveErrorRateHigh", "PaliserveQuotaRejections"} <= {r["alert"] for r in rules}
+
+
+def quota_reasons() -> set[str]:
+    """The `reason` of every refusal a quota makes, from the ledger itself: one limit at a time."""
+    reasons = set()
+    for limit in TenantLimits.model_fields:
+        ledger = QuotaLedger({"t": TenantLimits(**{limit: 1})})
+        assert ledger.acquire("t", now=0.0) is None
+        if limit == "tokens_per_min":  # tokens count once the request ends
+            ledger.settle("t", tokens=1, now=0.0)
+        reasons.add(ledger.acquire("t", now=1.0).limit)
+    return reasons
+
+
+def test_quota_alert_counts_only_quota_refusals_over_a_threshold(prod):
+    rules = {r["alert"]: r for g in prod["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
+    expr = rules["PaliserveQuotaRejections"]["expr"]
+    (selected,) = re.findall(r'reason=~"([^"]+)"', expr)
+    assert set(selected.split("|")) == quota_reasons() == set(metrics.QUOTA_REASONS)
+    assert float(expr.rsplit(">", 1)[1]) > 0
+    description = rules["PaliserveQuotaRejections"]["annotations"]["description"]
+    assert "429" in description and "not counted" in description
