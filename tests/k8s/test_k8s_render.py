@@ -9,6 +9,7 @@ import yaml
 from k8s_plans import TINY_MODEL, cpu_plan, example_plan, render_docs
 
 from k8s import metrics
+from k8s.render import render
 from k8s.settings import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, Settings
 from paliserve.spec import SHA256_HEX, AutoscalingPolicyRef, TenantLimits
 from serve.tenancy.quotas import QuotaLedger
@@ -108,6 +109,17 @@ def test_network_policy_exposes_only_the_serve_port(plan, prod):
     assert [r["from"] for r in unrestricted] == [[same_cluster]]
     operator = [r for r in rules if {p["port"] for p in r.get("ports", [])} == {DASHBOARD_PORT}]
     assert operator[0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+
+
+def test_the_serve_service_is_the_rayservices_and_exposes_only_the_serve_port(plan, prod):
+    """No standalone Service: KubeRay creates it from RayService.spec.serveService."""
+    kinds = [yaml.safe_load(text)["kind"] for path, text in render(plan, "prod").items()
+             if not path.endswith("kustomization.yaml")]
+    assert "Service" not in kinds
+    service = prod["RayService"]["spec"]["serveService"]
+    assert service["metadata"]["name"] == "paliserve-serve"
+    assert service["spec"] == {"type": "ClusterIP", "ports": [
+        {"name": "serve", "port": plan.http.port, "targetPort": plan.http.port, "protocol": "TCP"}]}
 
 
 def test_one_ttft_rule_per_tenant_with_its_own_threshold(plan, prod):
