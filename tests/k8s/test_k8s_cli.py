@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 import yaml
-from k8s_plans import EXAMPLE, example_plan
+from k8s_plans import EXAMPLE, LOCAL_CPU, TINY_MODEL, example_plan
 from typer.testing import CliRunner
 
 from k8s.cli import EXIT_INVALID, register
@@ -30,6 +30,17 @@ def test_spec_renders_and_validates(tmp_path):
     kustomization = yaml.safe_load((tmp_path / "overlays/prod/kustomization.yaml").read_text())
     assert kustomization["images"] == [{"name": "paliserve", "newName": "registry.example.com/paliserve", "newTag": "1.0"}]
     assert "NVIDIA-L4-custom" in (tmp_path / "overlays/prod/rayservice.yaml").read_text()
+
+
+def test_one_overlay_per_run_and_runs_into_one_directory_add_up(tmp_path):
+    assert run(EXAMPLE, "-o", tmp_path).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["prod"]  # GPUs: prod
+    base = {p: p.read_text() for p in (tmp_path / "base").iterdir()}
+    result = run(LOCAL_CPU, "-o", tmp_path, "--tiny-model", TINY_MODEL, "--validate")  # no GPUs: dev
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["dev", "prod"]
+    assert base == {p: p.read_text() for p in (tmp_path / "base").iterdir()}
+    assert "valid: 14 documents in base, overlays/dev, overlays/prod" in result.output
 
 
 def test_plan_file_is_used_as_it_is(tmp_path):

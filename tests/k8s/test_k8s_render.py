@@ -8,8 +8,11 @@ import pytest
 import yaml
 from k8s_plans import TINY_MODEL, cpu_plan, example_plan, render_docs
 
+from k8s import metrics
+from k8s.render import render
 from k8s.settings import CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, Settings
-from paliserve.spec import SHA256_HEX, AutoscalingPolicyRef
+from paliserve.spec import SHA256_HEX, AutoscalingPolicyRef, TenantLimits
+from serve.tenancy.quotas import QuotaLedger
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,17 @@ def test_network_policy_exposes_only_the_serve_port(plan, prod):
     assert operator[0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
 
 
+def test_the_serve_service_is_the_rayservices_and_exposes_only_the_serve_port(plan, prod):
+    """No standalone Service: KubeRay creates it from RayService.spec.serveService."""
+    kinds = [yaml.safe_load(text)["kind"] for path, text in render(plan, "prod").items()
+             if not path.endswith("kustomization.yaml")]
+    assert "Service" not in kinds
+    service = prod["RayService"]["spec"]["serveService"]
+    assert service["metadata"]["name"] == "paliserve-serve"
+    assert service["spec"] == {"type": "ClusterIP", "ports": [
+        {"name": "serve", "port": plan.http.port, "targetPort": plan.http.port, "protocol": "TCP"}]}
+
+
 def test_one_ttft_rule_per_tenant_with_its_own_threshold(plan, prod):
     rules = [r for g in prod["PrometheusRule"]["spec"]["groups"] for r in g["rules"]]
     ttft = {r["labels"]["tenant"]: r["expr"] for r in rules if r["alert"] == "PaliserveTenantTTFTAboveSLO"}
@@ -116,3 +130,25 @@ def test_one_ttft_rule_per_tenant_with_its_own_threshold(plan, prod):
         assert f'tenant="{tenant.name}"' in ttft[tenant.name]
         assert ttft[tenant.name].endswith(f"> {tenant.slo.ttft_p95_ms / 1000:g}")
     assert {"PaliserveKVCacheHigh", "PaliserveErrorRateHigh", "PaliserveQuotaRejections"} <= {r["alert"] for r in rules}
+
+
+def quota_reasons() -> set[str]:
+    """The `reason` of every refusal a quota makes, from the ledger itself: one limit at a time."""
+    reasons = set()
+    for limit in TenantLimits.model_fields:
+        ledger = QuotaLedger({"t": TenantLimits(**{limit: 1})})
+        assert ledger.acquire("t", now=0.0) is None
+        if limit == "tokens_per_min":  # tokens count once the request ends
+            ledger.settle("t", tokens=1, now=0.0)
+        reasons.add(ledger.acquire("t", now=1.0).limit)
+    return reasons
+
+
+def test_quota_alert_counts_only_quota_refusals_over_a_threshold(prod):
+    rules = {r["alert"]: r for g in prod["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
+    expr = rules["PaliserveQuotaRejections"]["expr"]
+    (selected,) = re.findall(r'reason=~"([^"]+)"', expr)
+    assert set(selected.split("|")) == quota_reasons() == set(metrics.QUOTA_REASONS)
+    assert float(expr.rsplit(">", 1)[1]) > 0
+    description = rules["PaliserveQuotaRejections"]["annotations"]["description"]
+    assert "429" in description and "not counted" in description

