@@ -69,9 +69,12 @@ def noise_image_url() -> str:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="not yet reliable through the stack: with `limit` streams held open, the extra requests "
-    "were not all refused in one run on 2 shared cores (cause not yet diagnosed: a stream releasing "
-    "its slot early, or timing); the limit's logic is unit-tested in tests/tenancy/test_quotas.py",
+    reason="not yet reliable through the stack: a streamed response's first byte sometimes arrives "
+    "seconds late, up to the length of its whole generation (2026-11-26: reproduced with sequential "
+    "curl requests to the replica's own port, so not the client or HAProxy; vLLM's AsyncLLM in-process "
+    "shows no such delay; cause inside the replica not yet found). When the second held stream is "
+    "delayed so, the extra requests arrive after the held streams have finished and are served. The "
+    "limit's logic is unit-tested in tests/tenancy/test_quotas.py",
 )
 def test_max_concurrency(url):
     """`limit` streams are admitted and held open; while they run, more requests are refused."""
