@@ -90,8 +90,8 @@ class Profile(StrictModel):
         return f"profile {self.model} on {self.accelerator}{where}, measured {self.measured_at or 'n/a'}"
 
 
-def interpolate(points: list[tuple[float, float]], x: float, floor: float = 1e-9) -> float:
-    """Piecewise-linear through the points, extended along the end segments; never below `floor`."""
+def interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear through the points, extended along the end segments; never below zero."""
     if len(points) == 1:
         return points[0][1]
     if x <= points[0][0]:
@@ -104,7 +104,7 @@ def interpolate(points: list[tuple[float, float]], x: float, floor: float = 1e-9
     if x1 == x0:
         return max(y0, y1)
     slope = max(0.0, (y1 - y0) / (x1 - x0))  # time never falls as work grows
-    return max(floor, y0 + slope * (x - x0))
+    return max(1e-9, y0 + slope * (x - x0))
 
 
 def through(points: list[tuple[float, float]], x: float) -> float:

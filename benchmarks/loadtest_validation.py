@@ -23,8 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 PALISERVE = str(Path(sys.executable).with_name("paliserve"))
 SPEC = REPO / "paliserve" / "defaults" / "local-cpu.yaml"
@@ -91,16 +89,16 @@ def main() -> None:
 
 
 def serve_config(plan_file: Path) -> dict:
-    from paliserve.spec import Plan
+    from autoscale.loading import load_plan
 
-    return Plan.model_validate(yaml.safe_load(plan_file.read_text())).serve_config()
+    return load_plan(plan_file).serve_config()
 
 
 def predicted_by(plan_file: Path) -> dict[str, float]:
     """The engine-only plan's predictions, keyed like the comparison's rows."""
-    from paliserve.spec import Plan
+    from autoscale.loading import load_plan
 
-    plan = Plan.model_validate(yaml.safe_load(plan_file.read_text()))
+    plan = load_plan(plan_file)
     out = {}
     for t in plan.tenants:
         out[f"tenant {t.name} TTFT p95 ms"] = t.predicted_ttft_p95_ms

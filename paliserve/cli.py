@@ -61,12 +61,13 @@ def profile_endpoint(
     its engine model."""
     import tempfile
 
+    from autoscale.loading import load_plan
     from autoscale.profile import load_profile, save_profile
     from loadtests.traffic import PlanError
     from paliserve.endpoint_profile import EndpointProfileError, measure_serving
 
     try:
-        parsed = Plan.model_validate(yaml.safe_load(plan.read_text()))
+        parsed = load_plan(plan)
         engine = load_profile(profile)
         levels = [int(x) for x in concurrency.split(",") if x.strip()]
         workdir = work or Path(tempfile.mkdtemp(prefix="paliserve-endpoint-profile-"))

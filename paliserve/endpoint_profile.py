@@ -19,8 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
+from autoscale.loading import dump_plan
 from autoscale.profile import Profile, ServingPoint, ServingWorkload
 from loadtests.runner import EXIT_INVALID, EXIT_NOT_RUN, Options, run
 from paliserve.spec import Plan, TenantPlan
@@ -54,7 +53,7 @@ def measure_serving(
     points = []
     for c in sorted(set(concurrencies)):
         say(f"concurrency {c}: {seconds:g} s of closed-loop load through {host}")
-        points.append(_point(plan, chosen, c, host, seconds, work / f"c{c}", keys, say))
+        points.append(_point(plan, chosen, c, host, seconds, work / f"c{c}", keys))
         p = points[-1]
         say(
             f"concurrency {c}: TTFT mean {p.ttft_mean_seconds * 1e3:.1f} ms p95 {p.ttft_p95_seconds * 1e3:.1f} ms, "
@@ -88,13 +87,13 @@ def _tenant(plan: Plan, profile: Profile, name: str | None) -> TenantPlan:
     return candidates[0]
 
 
-def _point(plan, tenant, concurrency, host, seconds, out: Path, keys, say) -> ServingPoint:
+def _point(plan, tenant, concurrency, host, seconds, out: Path, keys) -> ServingPoint:
     workload = tenant.workload.model_copy(update={"concurrency": concurrency, "peak_concurrency": concurrency,
                                                   "baseline_concurrency": None, "request_rate": None})  # fmt: skip
     one = plan.model_copy(update={"tenants": [tenant.model_copy(update={"workload": workload})]})
     out.mkdir(parents=True, exist_ok=True)
     plan_file = out / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(one.model_dump(mode="json"), sort_keys=False))
+    plan_file.write_text(dump_plan(one))
     quiet = lambda line: None  # noqa: E731 (the per-point report is in `out`; progress would drown the table)
     code = run(Options(plan=plan_file, host=host, duration_s=seconds, report=out, keys=keys), say=quiet)
     if code in (EXIT_INVALID, EXIT_NOT_RUN):
