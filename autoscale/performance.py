@@ -227,10 +227,15 @@ class ReplicaPerformance:
         return min(queue, ahead)
 
     def ttft_p95_s(self, batch: float, load: Load, prompt_p95: float) -> float:
-        first_token = self.prefill_s(prompt_p95) + self.step_s(batch, load.context_mean)
+        return self.prefill_s(prompt_p95) + self.ttft_p95_besides_prefill_s(batch, load)
+
+    def ttft_p95_besides_prefill_s(self, batch: float, load: Load) -> float:
+        """The part of TTFT p95 that does not depend on the prompt: one step, and the queue (or,
+        when measured, the serving path, which includes it)."""
+        step = self.step_s(batch, load.context_mean)
         if self.serving_measured:
-            return first_token + max(self.path_s("ttft_p95", batch), 0.0)
-        return self.queue_wait_p95_s(batch, load) + first_token
+            return step + max(self.path_s("ttft_p95", batch), 0.0)
+        return self.queue_wait_p95_s(batch, load) + step
 
     def ttft_mean_s(self, batch: float, load: Load) -> float:
         """Prefill of the mean prompt and one step, plus the serving path's mean share (the queue

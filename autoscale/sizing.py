@@ -300,12 +300,13 @@ def _ttft_limits(demand: Demand) -> list[tuple[float, float]]:
 def _largest_batch(perf: ReplicaPerformance, demand: Demand, load: Load, limit: int) -> int:
     """Largest batch in [1, limit] meeting every SLO (latencies grow with batch); 0 if none."""
     tpot_slo = demand.tpot_slo_s
-    ttft_limits = _ttft_limits(demand)
+    ttft_limits = [(perf.prefill_s(p95), slo) for p95, slo in _ttft_limits(demand)]
 
     def meets(batch: int) -> bool:
         if perf.tpot_s(batch, load) > tpot_slo:
             return False
-        return all(perf.ttft_p95_s(batch, load, p95) <= slo for p95, slo in ttft_limits)
+        shared = perf.ttft_p95_besides_prefill_s(batch, load)
+        return all(shared + prefill <= slo for prefill, slo in ttft_limits)
 
     lo, hi = 0, int(limit)
     while lo < hi:
