@@ -67,15 +67,6 @@ def noise_image_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet reliable through the stack: on this 2-core machine a client sometimes reads a "
-    "streamed response's first byte seconds late (the server sends it within 15 ms: tcpdump; the "
-    "client's kernel acknowledges it at once; the client process, sharing the cores with the CPU "
-    "engine's busy processes, reads it late). When that happens to the second held stream, the "
-    "extra requests go out after the held streams have finished and are served. The limit's logic "
-    "is unit-tested in tests/tenancy/test_quotas.py",
-)
 def test_max_concurrency(url):
     """`limit` streams are admitted and held open; while they run, more requests are refused."""
     limit = limit_of("conc", "max_concurrency")
