@@ -26,6 +26,13 @@ from serve.errors import Overloaded, retry_after
 
 SERVICE_EWMA = 0.2  # weight of the newest request in the moving average of slot holding time
 TTFT_SAMPLES = 200  # recent first-token times (without the wait for a slot) kept for their p95
+WAIT_SAMPLES = 200  # recent waits for a slot, each over its mean-based estimate, kept for their p95
+MIN_WAIT_SAMPLES = 20  # fewer than this and the estimate is the mean-based one
+
+
+def _p95(values) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.95 * (len(ordered) - 1))]
 
 
 @dataclass
@@ -109,6 +116,8 @@ class FairGate:
         self.service_s: float | None = None  # moving average of how long a request holds a slot
         # receipt to first token less the wait for a slot: the part of TTFT the gate does not decide
         self.unqueued_ttft_s: deque[float] = deque(maxlen=TTFT_SAMPLES)
+        # slots free in bursts, not evenly: the mean-based estimate is short of a p95 by this factor
+        self.wait_over_estimate: deque[float] = deque(maxlen=WAIT_SAMPLES)
 
     def first_token(self, unqueued_s: float) -> None:
         self.unqueued_ttft_s.append(unqueued_s)
@@ -117,14 +126,24 @@ class FairGate:
         """What a TTFT objective leaves for waiting: the objective less the p95, seen lately, of
         the time from the request's arrival at the replica to its first token without the wait
         for a slot (parsing, image decoding and the engine's prefill, on a busy machine too)."""
-        recent = sorted(self.unqueued_ttft_s)
-        return ttft_slo_s - (recent[int(0.95 * (len(recent) - 1))] if recent else 0.0)
+        return ttft_slo_s - (_p95(self.unqueued_ttft_s) if self.unqueued_ttft_s else 0.0)
 
-    def expected_wait(self, tenant: str, weight: float) -> float | None:
-        """Seconds a request arriving now would wait for a slot, once service times are known."""
+    def mean_wait(self, tenant: str, weight: float) -> float | None:
+        """Seconds a request arriving now would wait for a slot if slots freed evenly, once
+        service times are known."""
         if self.service_s is None:
             return None
         return (self.vtc.ahead_of(tenant, weight) + 1) * self.service_s / self.capacity
+
+    def expected_wait(self, tenant: str, weight: float) -> float | None:
+        """The p95 wait for a slot of a request arriving now: the mean-based estimate scaled by the
+        p95 of recent waits over their estimates (the objectives are p95s; slots free in bursts)."""
+        return self._calibrated(self.mean_wait(tenant, weight))
+
+    def _calibrated(self, mean_wait_s: float | None) -> float | None:
+        if mean_wait_s is None or len(self.wait_over_estimate) < MIN_WAIT_SAMPLES:
+            return mean_wait_s
+        return mean_wait_s * _p95(self.wait_over_estimate)
 
     async def admit(self, tenant: str, weight: float, estimate: int, ttft_slo_s: float | None = None) -> None:
         """Take a slot, waiting in VTC order when all are taken. A request whose expected wait
@@ -140,7 +159,8 @@ class FairGate:
                 code="overloaded",
                 headers=retry_after(1),
             )
-        expected = self.expected_wait(tenant, weight)
+        mean = self.mean_wait(tenant, weight)
+        expected = self._calibrated(mean)
         wait_budget_s = self.wait_budget(ttft_slo_s) if ttft_slo_s is not None else None
         if wait_budget_s is not None and expected is not None and expected > wait_budget_s:
             raise Overloaded(
@@ -154,6 +174,8 @@ class FairGate:
         started = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.shield(granted), self.max_wait_s)
+            if mean:
+                self.wait_over_estimate.append((time.monotonic() - started) / mean)
         except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
             if granted.done() and not granted.cancelled():
                 self.release(tenant, weight, estimate, 0)  # granted just as the caller gave up: pass it on

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from serve.errors import Overloaded
-from serve.tenancy.fairness import FairGate, VirtualTokenCounters
+from serve.tenancy.fairness import MIN_WAIT_SAMPLES, FairGate, VirtualTokenCounters
 
 
 def serve_backlogged(weights: dict[str, float], costs: dict[str, list[int]], rounds: int) -> dict[str, int]:
@@ -194,3 +194,31 @@ def test_the_wait_budget_is_the_ttft_objective_less_the_recent_p95_time_to_first
     for ms in range(1, 101):
         gate.first_token(ms / 1000)
     assert gate.wait_budget(2.0) == pytest.approx(2.0 - 0.095)
+
+
+def test_the_expected_wait_is_the_mean_based_estimate_scaled_to_the_p95_of_recent_waits():
+    gate = FairGate(capacity=2)
+    gate.service_s = 1.0
+    gate.wait_over_estimate.extend([3.0] * (MIN_WAIT_SAMPLES - 1))
+    assert gate.expected_wait("a", 1.0) == pytest.approx(0.5)  # too few waits seen: slots assumed to free evenly
+    gate.wait_over_estimate.clear()
+    gate.wait_over_estimate.extend(i / 50 for i in range(1, 101))
+    assert gate.expected_wait("a", 1.0) == pytest.approx(0.5 * 1.9)
+
+
+def test_a_queued_request_records_its_wait_over_its_estimate():
+    async def scenario():
+        gate, hold = FairGate(capacity=1), asyncio.Event()
+        gate.service_s = 1.0
+        holder = asyncio.create_task(_hold(gate, "a", [], hold))
+        await asyncio.sleep(0.01)
+        queued = asyncio.create_task(gate.admit("b", 1.0, 10, ttft_slo_s=5.0))  # estimate: 1 s
+        await asyncio.sleep(0.2)
+        hold.set()
+        await asyncio.gather(holder, queued)
+        gate.release("b", 1.0, 10, 10)
+        return gate
+
+    gate = asyncio.run(scenario())
+    assert len(gate.wait_over_estimate) == 1
+    assert 0.15 < gate.wait_over_estimate[0] < 1.0  # waited about 0.2 s of the 1 s estimated
