@@ -48,6 +48,7 @@ class ServingWorkload(StrictModel):
     prompt_tokens_p95: float = Field(ge=0)
     output_tokens_mean: float = Field(ge=1)
     seconds_per_point: float = Field(gt=0)
+    passes: int = Field(default=1, ge=1, description="Sweeps over the concurrencies each point combines.")
     measured_at: str = ""
 
 

@@ -4,7 +4,7 @@ whole profile, load it with `python -m loadtests`, and print predicted vs measur
 engine-only prediction.
 
     .venv/bin/python benchmarks/loadtest_validation.py [--duration 30] [--profile FILE] [--out DIR]
-        [--serving-concurrency 1,2,4,6,12,16] [--serving-seconds 15]
+        [--serving-concurrency 1,2,4,6,12,16] [--serving-seconds 15] [--serving-passes 2]
 
 The serving points leave out the load test's own concurrency (the local spec's 8) by default, so
 the prediction there is interpolated, not read back. The issue's target is an error within 15% for
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--mode", default="closed")
     parser.add_argument("--serving-concurrency", default="1,2,4,6,12,16")
     parser.add_argument("--serving-seconds", type=float, default=15)
+    parser.add_argument("--serving-passes", type=int, default=2)
     args = parser.parse_args()
 
     work = args.out or Path(tempfile.mkdtemp(prefix="paliserve-validation-"))
@@ -72,7 +73,8 @@ def main() -> None:
     try:
         step("profile-endpoint", [PALISERVE, "profile-endpoint", str(engine_plan), "--host", host, "--profile",
                                   str(engine_profile), "-o", str(full_profile), "--concurrency", args.serving_concurrency,
-                                  "--seconds", str(args.serving_seconds), "--work", str(work / "endpoint")],
+                                  "--seconds", str(args.serving_seconds), "--passes", str(args.serving_passes),
+                                  "--work", str(work / "endpoint")],
              env, 1800)  # fmt: skip
         step("plan (engine + serving path)", [PALISERVE, "plan", str(SPEC), "--profile", str(full_profile), "-o", str(full_plan)], env, 120)
         if serve_config(engine_plan) != serve_config(full_plan):

@@ -51,7 +51,8 @@ def profile_endpoint(
     profile: Annotated[Path, typer.Option(help="Engine profile from `paliserve profile` to add serving points to.")],
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Profile to write (default: --profile, in place).")] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies to measure.")] = "1,2,4,8,16",
-    seconds: Annotated[float, typer.Option(help="Seconds of load at each concurrency.")] = 20,
+    seconds: Annotated[float, typer.Option(help="Seconds of load at each concurrency, per pass.")] = 20,
+    passes: Annotated[int, typer.Option(help="Sweeps over the concurrencies; each point combines them.")] = 2,
     tenant: Annotated[Optional[str], typer.Option(help="Tenant whose workload is sent (default: the first on the model).")] = None,
     keys: Annotated[Optional[Path], typer.Option(help="YAML/JSON mapping tenant -> API key.")] = None,
     work: Annotated[Optional[Path], typer.Option(help="Directory for each point's load-test report.")] = None,
@@ -72,7 +73,8 @@ def profile_endpoint(
         levels = [int(x) for x in concurrency.split(",") if x.strip()]
         workdir = work or Path(tempfile.mkdtemp(prefix="paliserve-endpoint-profile-"))
         result = measure_serving(parsed, engine, host, levels, seconds, workdir, keys, tenant,
-                                 say=lambda line: console.print(line, markup=False, highlight=False))  # fmt: skip
+                                 say=lambda line: console.print(line, markup=False, highlight=False),
+                                 passes=passes)  # fmt: skip
     except (EndpointProfileError, PlanError, ValueError, OSError) as exc:
         _error(f"error: {exc}")
         raise typer.Exit(2) from None

@@ -5,8 +5,10 @@ The engine's profile (`paliserve profile`) times vLLM alone. What a client waits
 HTTP, the gateway, image preprocessing, streaming and the CPU these share with the engine. This
 measures all of it the way the load test will: for each concurrency it runs `paliserve
 loadtest`'s own Locust client (closed loop, steady shape) with one tenant of the plan held at that
-concurrency, and keeps mean and p95 TTFT, mean TPOT and throughput. The planner adds the
-difference between these and its engine model to its predictions (autoscale/performance.py).
+concurrency, and keeps mean and p95 TTFT, mean TPOT and throughput. The sweep over the
+concurrencies runs `passes` times and each point combines its passes, so that a minute in which
+the machine was busy with something else weighs as one pass, not as the point. The planner adds
+the difference between these and its engine model to its predictions (autoscale/performance.py).
 
 It lives at the top of the package because it joins two rooms (the load test's runner and the
 planner's profile), which do not import each other.
@@ -39,8 +41,10 @@ def measure_serving(
     keys: Path | None = None,
     tenant: str | None = None,
     say: Callable[[str], None] = print,
+    passes: int = 2,
 ) -> Profile:
-    """`profile` with its serving points replaced by ones measured through `host`."""
+    """`profile` with its serving points replaced by ones measured through `host`, each the
+    combination of `passes` sweeps over the concurrencies."""
     chosen = _tenant(plan, profile, tenant)
     deployment = next(d for d in plan.deployments if d.name == chosen.deployment)
     if (deployment.replicas.min, deployment.replicas.max) != (1, 1):
@@ -50,16 +54,19 @@ def measure_serving(
         )
     if not concurrencies or min(concurrencies) < 1:
         raise EndpointProfileError(f"concurrencies must be positive integers, got {concurrencies}")
-    points = []
-    for c in sorted(set(concurrencies)):
-        say(f"concurrency {c}: {seconds:g} s of closed-loop load through {host}")
-        points.append(_point(plan, chosen, c, host, seconds, work / f"c{c}", keys))
-        p = points[-1]
-        say(
-            f"concurrency {c}: TTFT mean {p.ttft_mean_seconds * 1e3:.1f} ms p95 {p.ttft_p95_seconds * 1e3:.1f} ms, "
-            f"TPOT {p.tpot_mean_seconds * 1e3:.2f} ms, {p.requests_per_second:.2f} req/s, "
-            f"{p.output_tokens_per_second:.0f} tok/s ({p.requests} requests, {p.failures} failed)"
-        )
+    if passes < 1:
+        raise EndpointProfileError(f"passes must be at least 1, got {passes}")
+    levels = sorted(set(concurrencies))
+    measured: dict[int, list[ServingPoint]] = {c: [] for c in levels}
+    for n in range(1, passes + 1):
+        for c in levels:
+            say(f"pass {n}/{passes}, concurrency {c}: {seconds:g} s of closed-loop load through {host}")
+            measured[c].append(_point(plan, chosen, c, host, seconds, work / f"pass{n}" / f"c{c}", keys))
+            say(f"pass {n}/{passes}, {_describe(measured[c][-1])}")
+    points = [combine(measured[c]) for c in levels]
+    if passes > 1:
+        for p in points:
+            say(f"combined, {_describe(p)}")
     w = chosen.workload
     workload = ServingWorkload(
         endpoint=host,
@@ -67,9 +74,38 @@ def measure_serving(
         prompt_tokens_p95=w.prompt_tokens.p95,
         output_tokens_mean=w.output_tokens.mean,
         seconds_per_point=seconds,
+        passes=passes,
         measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     return profile.model_copy(update={"serving": points, "serving_workload": workload})
+
+
+def combine(passes: list[ServingPoint]) -> ServingPoint:
+    """One serving point from passes of equal length at one concurrency: latencies averaged
+    weighted by each pass's requests, rates averaged."""
+    ok = sum(p.requests for p in passes)
+
+    def weighted(field: str) -> float:
+        return sum(getattr(p, field) * p.requests for p in passes) / ok
+
+    return ServingPoint(
+        concurrency=passes[0].concurrency,
+        ttft_mean_seconds=weighted("ttft_mean_seconds"),
+        ttft_p95_seconds=weighted("ttft_p95_seconds"),
+        tpot_mean_seconds=weighted("tpot_mean_seconds"),
+        requests_per_second=sum(p.requests_per_second for p in passes) / len(passes),
+        output_tokens_per_second=sum(p.output_tokens_per_second for p in passes) / len(passes),
+        requests=ok,
+        failures=sum(p.failures for p in passes),
+    )
+
+
+def _describe(p: ServingPoint) -> str:
+    return (
+        f"concurrency {p.concurrency}: TTFT mean {p.ttft_mean_seconds * 1e3:.1f} ms p95 {p.ttft_p95_seconds * 1e3:.1f} ms, "
+        f"TPOT {p.tpot_mean_seconds * 1e3:.2f} ms, {p.requests_per_second:.2f} req/s, "
+        f"{p.output_tokens_per_second:.0f} tok/s ({p.requests} requests, {p.failures} failed)"
+    )
 
 
 def _tenant(plan: Plan, profile: Profile, name: str | None) -> TenantPlan:
