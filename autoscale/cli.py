@@ -110,6 +110,7 @@ def profile_command(
     repeats: Annotated[int, typer.Option(help="Measurements per point (the median is kept).")] = 3,
     dtype: Annotated[Optional[str], typer.Option(help="Engine dtype (default: float32 on CPU, auto on GPU).")] = None,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="Default: 0.3 on CPU, 0.9 on GPU.")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(min=1, help="GPUs the engine spans; the planner uses the profile only for deployments of this size.")] = 1,
 ) -> None:
     """Measure prefill time vs tokens and decode step vs batch on this machine; write a profile."""
     from .profiler import ProfileSettings, measure_profile  # imports vLLM
@@ -124,6 +125,7 @@ def profile_command(
         repeats=repeats,
         dtype=dtype,
         gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
     )
     result = measure_profile(settings)
     save_profile(result, out)

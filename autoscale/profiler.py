@@ -35,6 +35,7 @@ class ProfileSettings:
     repeats: int = 3
     dtype: str | None = None
     gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int = 1
 
     @property
     def on_cpu(self) -> bool:
@@ -57,6 +58,7 @@ def _engine_args(settings: ProfileSettings):
         enforce_eager=settings.on_cpu,
         gpu_memory_utilization=settings.gpu_memory_utilization or (0.3 if settings.on_cpu else 0.9),
         max_num_seqs=max(settings.batches),
+        tensor_parallel_size=settings.tensor_parallel_size,
         seed=0,
     )
 
@@ -126,6 +128,7 @@ async def _measure(settings: ProfileSettings) -> Profile:
         checkpoint=settings.checkpoint,
         accelerator=settings.accelerator,
         dtype=str(_engine_args(settings).dtype),
+        tensor_parallel_size=settings.tensor_parallel_size,
         image_tokens=image_tokens,
         context_tokens=image_tokens + 6 + settings.decode_tokens // 2,
         prefill=prefill,

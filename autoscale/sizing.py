@@ -146,6 +146,9 @@ def size_deployment(
     measured = None
     if profile is not None and profile[0].tensor_parallel_size == tp:
         measured, calibration = profile[0], profile[1]
+    elif profile is not None:
+        calibration += (f"; the profile {profile[1]} is not used: it was measured at tensor_parallel_size "
+                        f"{profile[0].tensor_parallel_size}, this deployment needs {tp}")  # fmt: skip
 
     def performance(share: float) -> ReplicaPerformance:
         return ReplicaPerformance(

@@ -136,6 +136,11 @@ def test_a_matching_profile_replaces_datasheet_figures():
     assert "datasheet" in datasheet.deployments[0].calibration
     other = profile.model_copy(update={"accelerator": "A10G"})
     assert any("matches no deployment" in r for r in plan(spec, [(other, "p")]).reasons)
+    wider = plan(spec, [(profile.model_copy(update={"tensor_parallel_size": 2}), "profile tp2.yaml")])
+    assert "datasheet" in wider.deployments[0].calibration
+    assert "profile tp2.yaml is not used: it was measured at tensor_parallel_size 2, this deployment needs 1" in (
+        wider.deployments[0].calibration
+    )
 
 
 def test_one_model_without_adapters_runs_the_gateway_inside_its_engine_replicas():
