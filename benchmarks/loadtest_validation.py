@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 PALISERVE = str(Path(sys.executable).with_name("paliserve"))
 SPEC = REPO / "paliserve" / "defaults" / "local-cpu.yaml"
 TARGET_ERROR_PCT = 15.0
+SPEED_DRIFT = 0.10
 
 
 def free_port() -> int:
@@ -71,6 +72,7 @@ def main() -> None:
     host = f"http://127.0.0.1:{port}"
     step("up", [PALISERVE, "up", "--detach", "--plan", str(engine_plan), "--port", str(port)], env, 600)
     try:
+        speed_at_profile = machine_speed()
         step("profile-endpoint", [PALISERVE, "profile-endpoint", str(engine_plan), "--host", host, "--profile",
                                   str(engine_profile), "-o", str(full_profile), "--concurrency", args.serving_concurrency,
                                   "--seconds", str(args.serving_seconds), "--passes", str(args.serving_passes),
@@ -81,6 +83,7 @@ def main() -> None:
             step("down (the plan changed)", [PALISERVE, "down"], env, 180)
             step("up", [PALISERVE, "up", "--detach", "--plan", str(full_plan), "--port", str(port)], env, 600)
         report = work / "report"
+        speed_at_test = machine_speed()
         test = step("loadtest", [sys.executable, "-m", "loadtests", str(full_plan), "--host", host,
                                  "--duration", str(args.duration), "--report", str(report), "--shape", args.shape,
                                  "--mode", args.mode], env, int(args.duration) + 300)  # fmt: skip
@@ -88,6 +91,25 @@ def main() -> None:
         step("down", [PALISERVE, "down"], env, 180)
     print(test.stderr, file=sys.stderr)
     print_comparison(json.loads((report / "summary.json").read_text()), predicted_by(engine_plan), work)
+    drift = speed_at_test / speed_at_profile - 1
+    print(f"machine: a fixed CPU loop took {speed_at_profile:.3f} s (median of 5, stack idle) before the serving path "
+          f"was measured and {speed_at_test:.3f} s before the load test ({drift:+.1%}); past {SPEED_DRIFT:.0%} the "
+          "machine's speed changed between the two, and so did what the planner was calibrated on")  # fmt: skip
+
+
+def machine_speed(runs: int = 5) -> float:
+    """Seconds a fixed pure-Python loop takes (median of `runs`): a control for this shared
+    machine, whose speed was seen to move by a third between minutes."""
+    import statistics
+    import time
+
+    def once() -> float:
+        started, total = time.perf_counter(), 0
+        for i in range(2_500_000):
+            total += i
+        return time.perf_counter() - started
+
+    return statistics.median(once() for _ in range(runs))
 
 
 def serve_config(plan_file: Path) -> dict:
