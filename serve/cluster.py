@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from serve.ingress import haproxy_env
+from serve.processes import start_service
 from serve.prometheus import PrometheusInfo
 
 
@@ -110,14 +111,8 @@ class LocalCluster:
         env = {**SERVE_THROUGHPUT_ENV, **haproxy_env(self.temp_dir, free_port), **os.environ,
                "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", "DASHBOARD_METRIC_PORT": str(free_port()),
                **auth_env(token_path), **self.env}  # fmt: skip
-        # Its own process group keeps the terminal's Ctrl-C and hang-up away from Ray, but it stays in
-        # the caller's session: where the kernel schedules by session (autogroup: no systemd cgroups,
-        # as on the test machines) a busy engine in a session of its own starved the caller's
-        # clients, runnable, for up to 4 s at a time, which read as server latency in tests and
-        # load tests. Run a load generator from the same session as `paliserve up` (README).
         with open(log_file, "ab") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    process_group=0)  # fmt: skip
+            proc = start_service(cmd, log, env)
         self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file, token_path)
         self._wait_for_gcs(proc, timeout_s)
         return self.info

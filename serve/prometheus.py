@@ -21,6 +21,8 @@ import yaml
 # seconds with the metrics-export address of every live node.
 from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
 
+from serve.processes import start_service
+
 CONFIG_NAME = "prometheus.yml"
 
 
@@ -86,7 +88,7 @@ class LocalPrometheus:
             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d",
         ]  # fmt: skip
         with open(log_file, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = start_service(cmd, log)
         self.info = PrometheusInfo(proc.pid, self.port, str(data), str(log_file))
         self._wait_until_ready(proc, timeout_s)
         return self.info

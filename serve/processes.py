@@ -1,0 +1,21 @@
+"""Starting the long-running processes paliserve owns (Ray, Prometheus)."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import IO
+
+
+def start_service(cmd: list[str], log: IO[bytes], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `cmd` in a process group of its own, so the terminal's Ctrl-C and hang-up do not
+    reach it, but in the caller's session.
+
+    Where the kernel schedules by session (autogroup: hosts without systemd's cgroups, like the
+    test machines), a busy engine in a session of its own left the caller's clients runnable
+    but unscheduled for up to 4 s at a time, which read as server latency in tests and load
+    tests. A Prometheus in a session of its own, once Ray shared the caller's, was then seen to
+    lack series that Ray's export had (the autoscaling test's desired-replicas gauge), as if its
+    scrapes were starved the same way. In one session, tasks share the CPU task by task (README,
+    Known limitations)."""
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            process_group=0)  # fmt: skip
