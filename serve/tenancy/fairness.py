@@ -135,12 +135,9 @@ class FairGate:
             return None
         return (self.vtc.ahead_of(tenant, weight) + 1) * self.service_s / self.capacity
 
-    def expected_wait(self, tenant: str, weight: float) -> float | None:
-        """The p95 wait for a slot of a request arriving now: the mean-based estimate scaled by the
-        p95 of recent waits over their estimates (the objectives are p95s; slots free in bursts)."""
-        return self._calibrated(self.mean_wait(tenant, weight))
-
-    def _calibrated(self, mean_wait_s: float | None) -> float | None:
+    def p95_wait(self, mean_wait_s: float | None) -> float | None:
+        """The p95 of a wait whose mean-based estimate is `mean_wait_s`: scaled by the p95 of recent
+        waits over their estimates (the objectives are p95s; slots free in bursts)."""
         if mean_wait_s is None or len(self.wait_over_estimate) < MIN_WAIT_SAMPLES:
             return mean_wait_s
         return mean_wait_s * _p95(self.wait_over_estimate)
@@ -160,7 +157,7 @@ class FairGate:
                 headers=retry_after(1),
             )
         mean = self.mean_wait(tenant, weight)
-        expected = self._calibrated(mean)
+        expected = self.p95_wait(mean)
         wait_budget_s = self.wait_budget(ttft_slo_s) if ttft_slo_s is not None else None
         if wait_budget_s is not None and expected is not None and expected > wait_budget_s:
             raise Overloaded(

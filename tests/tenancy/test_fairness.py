@@ -153,7 +153,7 @@ def test_ahead_of_counts_own_queue_and_each_other_tenants_weighted_share():
 def test_a_request_that_would_wait_past_its_budget_is_refused_at_once_with_retry_after():
     async def scenario():
         gate, hold = FairGate(capacity=2), asyncio.Event()
-        assert gate.expected_wait("a", 1.0) is None  # nothing measured yet: no early refusal
+        assert gate.p95_wait(gate.mean_wait("a", 1.0)) is None  # nothing measured yet: no early refusal
         gate.service_s = 4.0
         holders = [asyncio.create_task(_hold(gate, "a", [], hold)) for _ in range(2)]
         await asyncio.sleep(0.01)
@@ -200,10 +200,10 @@ def test_the_expected_wait_is_the_mean_based_estimate_scaled_to_the_p95_of_recen
     gate = FairGate(capacity=2)
     gate.service_s = 1.0
     gate.wait_over_estimate.extend([3.0] * (MIN_WAIT_SAMPLES - 1))
-    assert gate.expected_wait("a", 1.0) == pytest.approx(0.5)  # too few waits seen: slots assumed to free evenly
+    assert gate.p95_wait(gate.mean_wait("a", 1.0)) == pytest.approx(0.5)  # too few waits seen: slots assumed to free evenly
     gate.wait_over_estimate.clear()
     gate.wait_over_estimate.extend(i / 50 for i in range(1, 101))
-    assert gate.expected_wait("a", 1.0) == pytest.approx(0.5 * 1.9)
+    assert gate.p95_wait(gate.mean_wait("a", 1.0)) == pytest.approx(0.5 * 1.9)
 
 
 def test_a_queued_request_records_its_wait_over_its_estimate():
