@@ -101,15 +101,9 @@ def machine_speed(runs: int = 5) -> float:
     """Seconds a fixed pure-Python loop takes (median of `runs`): a control for this shared
     machine, whose speed was seen to move by a third between minutes."""
     import statistics
-    import time
+    import timeit
 
-    def once() -> float:
-        started, total = time.perf_counter(), 0
-        for i in range(2_500_000):
-            total += i
-        return time.perf_counter() - started
-
-    return statistics.median(once() for _ in range(runs))
+    return statistics.median(timeit.repeat("for i in range(2_500_000): total += i", "total = 0", number=1, repeat=runs))
 
 
 def serve_config(plan_file: Path) -> dict:
