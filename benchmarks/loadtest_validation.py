@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _control import machine_speed
+
 REPO = Path(__file__).resolve().parents[1]
 PALISERVE = str(Path(sys.executable).with_name("paliserve"))
 SPEC = REPO / "paliserve" / "defaults" / "local-cpu.yaml"
@@ -95,15 +97,6 @@ def main() -> None:
     print(f"machine: a fixed CPU loop took {speed_at_profile:.3f} s (median of 5, stack idle) before the serving path "
           f"was measured and {speed_at_test:.3f} s before the load test ({drift:+.1%}); past {SPEED_DRIFT:.0%} the "
           "machine's speed changed between the two, and so did what the planner was calibrated on")  # fmt: skip
-
-
-def machine_speed(runs: int = 5) -> float:
-    """Seconds a fixed pure-Python loop takes (median of `runs`): a control for this shared
-    machine, whose speed was seen to move by a third between minutes."""
-    import statistics
-    import timeit
-
-    return statistics.median(timeit.repeat("for i in range(2_500_000): total += i", "total = 0", number=1, repeat=runs))
 
 
 def serve_config(plan_file: Path) -> dict:
