@@ -143,8 +143,14 @@ def up(
         # where the Serve controller's autoscaling policy (and Ray's dashboard) find Prometheus
         env={**_startup_retry_env(), **({"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else {})},
     )
+    quota_store = _local_quota_store(serving_plan, cluster.temp_dir)
+    if quota_store is not None:  # the gateways find it (and its password file) in their environment
+        cluster.env.update(quota_store.configure().env())
     signal.signal(signal.SIGTERM, _interrupted)  # stopped while starting: clean up as on Ctrl-C
     try:
+        if quota_store is not None:
+            with console.status("starting the quota store (redis-server)"):
+                quota_store.start()
         with console.status("starting Ray"):
             info = cluster.start()
         if metrics_server is not None:
@@ -159,16 +165,20 @@ def up(
         logs = _keep_logs(cluster.temp_dir)
         if metrics_server is not None:
             metrics_server.stop()
+        if quota_store is not None:
+            quota_store.stop()
         cluster.stop()
         _error(f"paliserve failed to start: {reason}")
         console.print(f"Ray's logs: {logs}", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    write_state(_state_file(), info, metrics_server.info if metrics_server else None)
+    write_state(_state_file(), info, metrics_server.info if metrics_server else None, quota_store and quota_store.info)
     first = serving_plan.deployments[0].model_name
     console.print(f"[green]paliserve is serving[/] {names} at [bold]{info.url}[/]  (OpenAPI: {info.url}/docs)")
     print(_curl_example(info.url, first, needs_key=bool(serving_plan.tenants)), flush=True)
     if metrics_server is not None:
         console.print(f"Prometheus at [bold]{metrics_server.url}[/] (scraping Ray every {metrics_server.scrape_interval_s:g} s)")
+    if quota_store is not None:
+        console.print(f"quota store (redis-server, pid {quota_store.info.pid}) at 127.0.0.1:{quota_store.port}")
     if detach:
         import ray
 
@@ -183,6 +193,8 @@ def up(
     console.print("stopping…")
     if metrics_server is not None:
         metrics_server.stop()
+    if quota_store is not None:
+        quota_store.stop()
     cluster.stop()
     _state_file().unlink(missing_ok=True)
 
@@ -252,16 +264,36 @@ def _local_prometheus():
     return LocalPrometheus(binary, port=free_port())
 
 
+def _local_quota_store(plan: Plan, temp_dir: str):
+    """The quota store when a tenant has limits: redis-server on a free loopback port, its files in
+    the cluster's temp dir. Without the binary the limits could not be enforced: refuse to start."""
+    from serve.cluster import free_port
+    from serve.redis_server import LocalRedis, find_redis_server
+
+    if not any(v is not None for t in plan.tenants for v in t.limits.model_dump().values()):
+        return None
+    binary = find_redis_server()
+    if binary is None:
+        _error("paliserve cannot start: tenants have limits, which need the quota store, and redis-server is not "
+               "installed (Debian package `redis-server`)")  # fmt: skip
+        raise typer.Exit(2)
+    return LocalRedis(binary, port=free_port(), data_dir=str(Path(temp_dir) / "quota-store"))
+
+
 @app.command()
 def down() -> None:
     """Stop the cluster started by `paliserve up --detach`."""
-    from serve.cluster import LocalCluster, read_prometheus_state, read_state
+    from serve.cluster import LocalCluster, read_prometheus_state, read_quota_store_state, read_state
     from serve.prometheus import stop_prometheus
+    from serve.redis_server import stop_redis
 
     info = read_state(_state_file())
     metrics_server = read_prometheus_state(_state_file())
     if metrics_server is not None:
         stop_prometheus(metrics_server)
+    quota_store = read_quota_store_state(_state_file())
+    if quota_store is not None:
+        stop_redis(quota_store)
     if info is None or not _alive(info.pid):
         console.print("paliserve is not running")
         _state_file().unlink(missing_ok=True)

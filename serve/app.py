@@ -1,6 +1,6 @@
 """Build the Serve application from a plan: one engine deployment per model behind one gateway
-(or, colocated, the gateway inside the one model's engine replicas), and the quota authority when
-any tenant has limits."""
+(or, colocated, the gateway inside the one model's engine replicas). Quotas live in the cluster's
+quota store (Redis), which the gateway finds through its environment (serve/tenancy/quotas.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 from paliserve.spec import DeploymentPlan, Plan
 from serve.engine import ENGINE_HEALTH_CHECK, engine_deployment
 from serve.gateway import Gateway
-from serve.tenancy.authority import QuotaAuthority
 
 
 def admission_capacity(deployment: DeploymentPlan, replicas: int) -> int:
@@ -33,21 +32,19 @@ def build_app(plan: Plan):
     # Serve's 20 s default, so no accepted request is cut
     drain_s = plan.gateway.request_timeout_s
     max_model_lens = {d.model_name: d.engine_args.max_model_len for d in plan.deployments}
-    limited = {t.name: t.limits.model_dump() for t in plan.tenants if any(v is not None for v in t.limits.model_dump().values())}
-    authority = QuotaAuthority.options(ray_actor_options={"num_cpus": 0}).bind(limited) if limited else None
     settings = plan.gateway.model_dump(mode="json")
     if plan.colocated:
         (deployment,) = plan.deployments
         (options,) = plan.serve_deployments()
         gateway = Gateway.options(**options, **ENGINE_HEALTH_CHECK, graceful_shutdown_timeout_s=drain_s)
-        return gateway.bind({}, max_model_lens, settings, tenancy_config(plan), authority, deployment.model_dump(mode="json"))
+        return gateway.bind({}, max_model_lens, settings, tenancy_config(plan), deployment.model_dump(mode="json"))
     engines = {d.model_name: engine_deployment(d, drain_s).bind(d.model_dump(mode="json")) for d in plan.deployments}
     gateway = Gateway.options(
         max_ongoing_requests=plan.ingress_max_ongoing_requests(),
         ray_actor_options={"num_cpus": 0.25},
         graceful_shutdown_timeout_s=drain_s,
     )
-    return gateway.bind(engines, max_model_lens, settings, tenancy_config(plan), authority)
+    return gateway.bind(engines, max_model_lens, settings, tenancy_config(plan))
 
 
 def app_builder(args: dict[str, Any]):

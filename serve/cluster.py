@@ -26,6 +26,7 @@ import httpx
 from serve.ingress import haproxy_env
 from serve.processes import start_service
 from serve.prometheus import PrometheusInfo
+from serve.redis_server import RedisInfo
 
 
 # Ray Serve's documented throughput settings that keep a replica's user code and router on its
@@ -295,9 +296,13 @@ def wait_until_healthy(url: str, timeout_s: float = 300, app: str | None = None)
     raise TimeoutError(f"{url} not healthy after {timeout_s}s: {last}")
 
 
-def write_state(path: Path, info: ClusterInfo, prometheus: PrometheusInfo | None = None) -> None:
+def write_state(
+    path: Path, info: ClusterInfo, prometheus: PrometheusInfo | None = None, quota_store: RedisInfo | None = None
+) -> None:
     state = asdict(info)
     state["prometheus"] = {**asdict(prometheus), "url": prometheus.url} if prometheus else None
+    # the quota store's PID (stopped by `paliserve down`), port and directory; never its password
+    state["quota_store"] = {**asdict(quota_store), "url": quota_store.url} if quota_store else None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(state, indent=2))
 
@@ -307,6 +312,7 @@ def read_state(path: Path) -> ClusterInfo | None:
         return None
     state = json.loads(path.read_text())
     state.pop("prometheus", None)
+    state.pop("quota_store", None)
     return ClusterInfo(**state)
 
 
@@ -318,3 +324,13 @@ def read_prometheus_state(path: Path) -> PrometheusInfo | None:
         return None
     recorded.pop("url", None)
     return PrometheusInfo(**recorded)
+
+
+def read_quota_store_state(path: Path) -> RedisInfo | None:
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text()).get("quota_store")
+    if not recorded:
+        return None
+    recorded.pop("url", None)
+    return RedisInfo(**recorded)

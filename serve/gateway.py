@@ -31,6 +31,7 @@ from serve.remote_images import fetch_image, is_remote
 from serve.protocol import EngineChunk, EngineRequest
 from serve.tenancy.access import Target
 from serve.tenancy.admission import Tenancy, TenancyConfig, Ticket
+from serve.tenancy.quotas import QuotaStore, quota_lease_s
 from serve.schemas import (
     AnswerRequest,
     AssistantMessage,
@@ -235,7 +236,6 @@ class Gateway:
         max_model_lens: dict[str, int],
         settings: dict | None = None,
         tenancy: dict | None = None,
-        quota_authority: Any = None,
         engine: dict | None = None,
     ):
         self.engine = EngineReplica(engine) if engine is not None else None
@@ -245,7 +245,10 @@ class Gateway:
         self.max_model_lens = max_model_lens
         self.settings = GatewaySettings.model_validate(settings or {})
         config = TenancyConfig(**tenancy) if tenancy else TenancyConfig(capacity={m: 64 for m in engines})
-        self.tenancy = Tenancy(config, quota_authority)
+        # the cluster's quota store, from the environment `paliserve up` (or the manifests) give
+        # the replica; a request holds its concurrency lease at most its queue wait and timeout
+        quotas = QuotaStore.from_env(lease_s=quota_lease_s(self.settings.request_timeout_s))
+        self.tenancy = Tenancy(config, quotas)
         self.created = int(time.time())
 
     # ---- shared steps ---------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The gateway's admission path: authenticate, authorize the target, take a quota (from the one
-authority) and a fair-queue slot, and, when the request ends, settle tokens and record metrics."""
+"""The gateway's admission path: authenticate, authorize the target, take a quota (from the
+cluster's quota store) and a fair-queue slot, and, when the request ends, settle tokens and record metrics."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from serve.tenancy.access import Catalog, Target
 from serve.tenancy.fairness import FairGate
 from serve.tenancy.identity import TenantDirectory
 from serve.tenancy.metrics import TenantMetrics
+from serve.tenancy.quotas import QuotaStore, QuotaUnavailable
 
 logger = logging.getLogger("paliserve.tenancy")
-AUTHORITY_TIMEOUT_S = 5.0
 OPEN_WEIGHT = 1.0
 UNKNOWN_MODEL = "unknown"  # metric label for model names that are not served
 
@@ -43,6 +43,7 @@ class Ticket:
     admitted: float | None = None  # left it with a slot
     first_token: float | None = None
     done: bool = False
+    quota_id: str | None = None  # the request's entry in the quota store (limited tenants)
 
     @property
     def tags(self) -> dict[str, str]:
@@ -81,13 +82,13 @@ class Ticket:
 
 
 class Tenancy:
-    def __init__(self, config: TenancyConfig, authority=None):
+    def __init__(self, config: TenancyConfig, quotas: QuotaStore | None = None):
         tenants = [TenantPlan.model_validate(t) for t in config.tenants]
         self.directory = TenantDirectory(tenants)
         adapters = {m: [AdapterPlan.model_validate(a) for a in v] for m, v in config.adapters.items()}
         self.catalog = Catalog(list(config.capacity), adapters)
         self.gates = {model: FairGate(capacity) for model, capacity in config.capacity.items()}
-        self.authority = authority  # None: no tenant has limits
+        self.quotas = quotas  # None: no store configured (limited tenants then get 503)
         self.metrics = TenantMetrics()
         self._in_flight: dict[tuple, int] = {}
         self._settling: set[asyncio.Task] = set()
@@ -122,9 +123,8 @@ class Tenancy:
         """Quota first (cheap refusals never wait), then a fair slot at the engines. `received`:
         when the request reached the replica (default: now)."""
         received = received if received is not None else time.monotonic()
-        if self.limited(tenant):
-            await self._take_quota(tenant, target)
-        ticket = Ticket(self, tenant, target, estimate, received)
+        quota_id = await self._take_quota(tenant, target) if self.limited(tenant) else None
+        ticket = Ticket(self, tenant, target, estimate, received, quota_id=quota_id)
         gate, tags = self.gates[target.model], ticket.tags
         name, weight = self._fair_identity(tenant)
         self._count(tags, +1)
@@ -136,8 +136,8 @@ class Tenancy:
             ticket.admitted = time.monotonic()
         except BaseException as exc:
             self._count(tags, -1)
-            if self.limited(tenant):
-                self._settle_quota(tenant, 0)
+            if quota_id is not None:
+                self._settle_quota(tenant, quota_id, 0)
             if isinstance(exc, APIError):
                 self.reject(tenant, target.name, "overloaded", exc.status_code)
             raise
@@ -145,11 +145,16 @@ class Tenancy:
             self.metrics.queue_depth.set(gate.vtc.waiting(name), tags=tags)
         return ticket
 
-    async def _take_quota(self, tenant: TenantPlan, target: Target) -> None:
+    async def _take_quota(self, tenant: TenantPlan, target: Target) -> str:
+        """One atomic script in the quota store, with the tenant's limits as they are now; the
+        request's id in the store, to settle it with."""
         try:
-            rejection = await asyncio.wait_for(self.authority.acquire.remote(tenant.name), AUTHORITY_TIMEOUT_S)
-        except Exception as exc:  # fail closed: without the authority no limit can be checked
-            logger.warning("quota authority unavailable: %s", type(exc).__name__)
+            if self.quotas is None:
+                raise QuotaUnavailable("no quota store configured")
+            quota_id = self.quotas.new_id()
+            rejection = await self.quotas.acquire(tenant.name, tenant.limits, quota_id)
+        except QuotaUnavailable as exc:  # fail closed: without the store no limit can be checked
+            logger.warning("quota store unavailable: %s", exc)
             self.reject(tenant, target.name, "quota_authority_unavailable", 503)
             raise Overloaded(
                 "The quota service is unavailable; retry shortly.", code="quota_unavailable", headers=retry_after(1)
@@ -157,31 +162,34 @@ class Tenancy:
         if rejection is not None:
             self.reject(tenant, target.name, rejection.limit, 429)
             raise RateLimited(rejection.message, code=rejection.limit, headers=retry_after(rejection.retry_after_s))
+        return quota_id
 
     def release(self, ticket: Ticket, tokens: int) -> None:
         name, weight = self._fair_identity(ticket.tenant)
         held = time.monotonic() - ticket.admitted if ticket.admitted is not None else None
         self.gates[ticket.target.model].release(name, weight, ticket.estimate, tokens, held)
         self._count(ticket.tags, -1)
-        if self.limited(ticket.tenant):
-            self._settle_quota(ticket.tenant, tokens)
+        if ticket.quota_id is not None:
+            self._settle_quota(ticket.tenant, ticket.quota_id, tokens)
 
-    def _settle_quota(self, tenant: TenantPlan, tokens: int) -> None:
+    def _settle_quota(self, tenant: TenantPlan, quota_id: str, tokens: int) -> None:
         """Settled in the background: the response need not wait for the bookkeeping."""
         try:
-            task = asyncio.get_running_loop().create_task(self._settle(tenant.name, tokens))
+            task = asyncio.get_running_loop().create_task(self._settle(tenant.name, quota_id, tokens))
         except RuntimeError:  # no loop (a ticket collected at shutdown): nothing left to settle with
             logger.warning("could not settle the quota of %s: no event loop", tenant.name)
             return
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, tenant: str, tokens: int) -> None:
+    async def _settle(self, tenant: str, quota_id: str, tokens: int) -> None:
+        """Retried a few times; a request never settled still frees its concurrency slot when its
+        lease lapses (serve/tenancy/quotas.py), but its tokens are not counted."""
         for attempt in range(3):
             try:
-                await asyncio.wait_for(self.authority.settle.remote(tenant, tokens), AUTHORITY_TIMEOUT_S)
+                await self.quotas.settle(tenant, quota_id, tokens)
                 return
-            except Exception as exc:
+            except QuotaUnavailable as exc:
                 logger.warning("settling quota of %s failed (attempt %d): %s", tenant, attempt + 1, type(exc).__name__)
                 await asyncio.sleep(0.5 * (attempt + 1))
 

@@ -1,20 +1,45 @@
-"""Per-tenant quotas over a sliding 60 s window: requests per minute, tokens per minute (prompt +
-generated, settled after the response) and concurrent requests.
+"""Per-tenant quotas over a sliding 60 s window, kept in Redis for every gateway replica at once:
+requests per minute, tokens per minute (prompt + generated, settled after the response) and
+concurrent requests.
 
-Pure bookkeeping with the clock passed in; `authority.QuotaAuthority` holds the one ledger of
-the cluster. Sliding logs are hand-written because the limits must be exact (429s start at the
-configured number), which token buckets with refill do not give.
+Each admission is one atomic Lua script (`ACQUIRE`) and each finished request one more
+(`SETTLE`, in the background): no gateway waits on another, and Redis runs scripts one at a
+time, so the counts are exact across replicas. The tenant's limits travel as script arguments on
+every call, so limits changed live take effect at the next admission; the store holds usage only.
+
+Sliding logs, not token buckets: the limits are exact (the first 429 comes at the configured
+number), which buckets with refill do not give. Per tenant (keys share the `{tenant}` hash tag,
+so one Redis Cluster slot holds them):
+- `req`: sorted set of admissions (member: request id, score: admission time in ms);
+- `tok`, `toksum`: sorted set of settled requests (member `id:tokens`, score: settle time) and
+  the running sum of its tokens, lowered as entries leave the window;
+- `conc`: sorted set of leases on a concurrency slot (score: when the lease lapses). A request's
+  lease is removed when it settles; one whose gateway died lapses after `lease_s`, so a crash
+  cannot hold a slot for ever.
+Time is Redis's own clock (`TIME`), so gateways with skewed clocks agree.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+import asyncio
+import itertools
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis.exceptions import RedisError
 
 from paliserve.spec import TenantLimits
 
 WINDOW_S = 60.0
 CONCURRENCY_RETRY_S = 1.0
+# Admission waits this long for the store, then answers 503: a store that is down must not
+# hold every request for seconds.
+STORE_TIMEOUT_S = 0.3
+URL_ENV = "PALISERVE_QUOTA_STORE_URL"
+PASSWORD_ENV = "PALISERVE_QUOTA_STORE_PASSWORD"
+PASSWORD_FILE_ENV = "PALISERVE_QUOTA_STORE_PASSWORD_FILE"
 
 
 @dataclass(frozen=True)
@@ -24,67 +49,186 @@ class Rejection:
     retry_after_s: float
 
 
-@dataclass
-class _TenantUsage:
-    requests: deque = field(default_factory=deque)  # admission times
-    tokens: deque = field(default_factory=deque)  # (settle time, tokens)
-    token_sum: int = 0
-    in_flight: int = 0
+KEY_PREFIX = "paliserve:quota:"
 
-    def expire(self, now: float) -> None:
-        while self.requests and self.requests[0] <= now - WINDOW_S:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0][0] <= now - WINDOW_S:
-            self.token_sum -= self.tokens.popleft()[1]
+# KEYS: req, tok, toksum, conc. ARGV: request id, requests_per_min, tokens_per_min,
+# max_concurrency (-1: no limit), lease ms, window ms, now ms ('' : Redis's clock).
+# Returns nil (admitted: the request is counted and holds a lease) or {limit, usage, retry ms}.
+ACQUIRE = """
+local now
+if ARGV[7] ~= '' then now = tonumber(ARGV[7]) else
+  local t = redis.call('TIME'); now = t[1] * 1000 + t[2] / 1000 end
+local window, lease = tonumber(ARGV[6]), tonumber(ARGV[5])
+local horizon = now - window
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', horizon)
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', horizon)
+if #old > 0 then
+  local gone = 0
+  for i = 1, #old do gone = gone + tonumber(string.match(old[i], ':(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', horizon)
+  if redis.call('DECRBY', KEYS[3], gone) <= 0 then redis.call('DEL', KEYS[3]) end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local conc = tonumber(ARGV[4])
+if conc >= 0 then
+  local n = redis.call('ZCARD', KEYS[4])
+  if n >= conc then return {'max_concurrency', n, 1000} end
+end
+local rpm = tonumber(ARGV[2])
+if rpm >= 0 then
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= rpm then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local oldest = first[2] and tonumber(first[2]) or now
+    return {'requests_per_min', n, math.ceil(oldest + window - now)}
+  end
+end
+local tpm = tonumber(ARGV[3])
+if tpm >= 0 then
+  local sum = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if sum >= tpm then
+    -- when enough settled tokens leave the window for the sum to drop below the limit
+    local remaining, at, start = sum, nil, 0
+    while at == nil do
+      local page = redis.call('ZRANGE', KEYS[2], start, start + 99, 'WITHSCORES')
+      if #page == 0 then break end
+      for i = 1, #page, 2 do
+        remaining = remaining - tonumber(string.match(page[i], ':(%d+)$'))
+        if remaining < tpm then at = tonumber(page[i + 1]); break end
+      end
+      start = start + 100
+    end
+    return {'tokens_per_min', sum, math.ceil((at or now) + window - now)}
+  end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZADD', KEYS[4], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window + lease))
+redis.call('PEXPIRE', KEYS[4], math.ceil(window + lease))
+return false
+"""
+
+# KEYS: tok, toksum, conc. ARGV: request id, tokens, window ms, now ms ('' : Redis's clock).
+SETTLE = """
+redis.call('ZREM', KEYS[3], ARGV[1])
+local tokens = tonumber(ARGV[2])
+if tokens > 0 then
+  local now
+  if ARGV[4] ~= '' then now = tonumber(ARGV[4]) else
+    local t = redis.call('TIME'); now = t[1] * 1000 + t[2] / 1000 end
+  local window = math.ceil(tonumber(ARGV[3]))
+  redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. tokens)
+  redis.call('INCRBY', KEYS[2], tokens)
+  redis.call('PEXPIRE', KEYS[1], window)
+  redis.call('PEXPIRE', KEYS[2], window)
+end
+return 1
+"""
 
 
-class QuotaLedger:
-    def __init__(self, limits: dict[str, TenantLimits]):
-        self.limits = limits
-        self.usage = {name: _TenantUsage() for name in limits}
+class QuotaUnavailable(Exception):
+    """The store did not answer in time (or at all): no limit can be checked."""
 
-    def acquire(self, tenant: str, now: float) -> Rejection | None:
-        """Admit one request (counting it) or say which limit it hits and when to retry."""
-        limits, usage = self.limits[tenant], self.usage[tenant]
-        usage.expire(now)
-        if limits.max_concurrency is not None and usage.in_flight >= limits.max_concurrency:
-            return Rejection(
-                "max_concurrency",
-                f"Tenant '{tenant}' is at its limit of {limits.max_concurrency} concurrent requests (max_concurrency).",
-                CONCURRENCY_RETRY_S,
-            )
-        if limits.requests_per_min is not None and len(usage.requests) >= limits.requests_per_min:
-            return Rejection(
-                "requests_per_min",
-                f"Tenant '{tenant}' reached its limit of {limits.requests_per_min} requests per minute (requests_per_min).",
-                usage.requests[0] + WINDOW_S - now,
-            )
-        if limits.tokens_per_min is not None and usage.token_sum >= limits.tokens_per_min:
-            return Rejection(
-                "tokens_per_min",
-                f"Tenant '{tenant}' used {usage.token_sum} of its {limits.tokens_per_min} tokens per minute "
-                f"(tokens_per_min).",
-                self._tokens_free_at(usage, limits.tokens_per_min) - now,
-            )
-        usage.requests.append(now)
-        usage.in_flight += 1
-        return None
 
-    def settle(self, tenant: str, tokens: int, now: float) -> None:
+def _message(limit: str, tenant: str, limits: TenantLimits, usage: int) -> str:
+    if limit == "max_concurrency":
+        return f"Tenant '{tenant}' is at its limit of {limits.max_concurrency} concurrent requests (max_concurrency)."
+    if limit == "requests_per_min":
+        return f"Tenant '{tenant}' reached its limit of {limits.requests_per_min} requests per minute (requests_per_min)."
+    return f"Tenant '{tenant}' used {usage} of its {limits.tokens_per_min} tokens per minute (tokens_per_min)."
+
+
+def keys(tenant: str) -> dict[str, str]:
+    base = f"{KEY_PREFIX}{{{tenant}}}:"
+    return {name: base + name for name in ("req", "tok", "toksum", "conc")}
+
+
+class QuotaStore:
+    """The gateway's client of the quota store: one connection pool per replica, calls bounded by
+    `timeout_s` (then `QuotaUnavailable`: admission fails closed). A Redis that restarts is
+    reconnected to by the next call (redis-py reconnects, and reloads the scripts it finds missing)."""
+
+    def __init__(self, url: str, password: str | None = None, timeout_s: float = STORE_TIMEOUT_S, lease_s: float = 600.0):
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url = url
+        self.timeout_s = timeout_s
+        self.lease_ms = lease_s * 1000
+        # no retries inside the client: one bounded try, the caller answers 503 at once
+        self.redis = aioredis.Redis.from_url(
+            url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        )  # fmt: skip
+        self._acquire = self.redis.register_script(ACQUIRE)
+        self._settle = self.redis.register_script(SETTLE)
+        self._prefix = secrets.token_hex(6)
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **kwargs) -> QuotaStore | None:
+        """The store named by `PALISERVE_QUOTA_STORE_URL` (password: `PALISERVE_QUOTA_STORE_PASSWORD`
+        or the file `PALISERVE_QUOTA_STORE_PASSWORD_FILE`), or None when none is configured."""
+        env = os.environ if environ is None else environ
+        url = env.get(URL_ENV)
+        if not url:
+            return None
+        password = env.get(PASSWORD_ENV)
+        if password is None and env.get(PASSWORD_FILE_ENV):
+            password = Path(env[PASSWORD_FILE_ENV]).read_text().strip()
+        return cls(url, password, **kwargs)
+
+    def new_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    async def acquire(self, tenant: str, limits: TenantLimits, request_id: str, now_ms: float | None = None) -> Rejection | None:
+        """Admit one request under `limits` (counting it, with a lease on a concurrency slot) or
+        say which limit it hits and when to retry. `now_ms`: tests only (default: Redis's clock)."""
+        k = keys(tenant)
+        args = [
+            request_id,
+            _limit(limits.requests_per_min), _limit(limits.tokens_per_min), _limit(limits.max_concurrency),
+            self.lease_ms, WINDOW_S * 1000, "" if now_ms is None else now_ms,
+        ]  # fmt: skip
+        reply = await self._call(self._acquire, [k["req"], k["tok"], k["toksum"], k["conc"]], args)
+        if reply is None:
+            return None
+        limit, usage, retry_ms = reply
+        limit = limit.decode() if isinstance(limit, bytes) else limit
+        retry_s = CONCURRENCY_RETRY_S if limit == "max_concurrency" else max(0.0, retry_ms / 1000)
+        return Rejection(limit, _message(limit, tenant, limits, int(usage)), retry_s)
+
+    async def settle(self, tenant: str, request_id: str, tokens: int, now_ms: float | None = None) -> None:
         """A request admitted by `acquire` has ended having used `tokens` (0 if it failed early)."""
-        usage = self.usage[tenant]
-        usage.in_flight = max(0, usage.in_flight - 1)
-        if tokens > 0:
-            usage.tokens.append((now, tokens))
-            usage.token_sum += tokens
-        usage.expire(now)
+        k = keys(tenant)
+        args = [request_id, int(tokens), WINDOW_S * 1000, "" if now_ms is None else now_ms]
+        await self._call(self._settle, [k["tok"], k["toksum"], k["conc"]], args)
 
-    @staticmethod
-    def _tokens_free_at(usage: _TenantUsage, limit: int) -> float:
-        """When enough settled tokens leave the window for the sum to drop below the limit."""
-        remaining = usage.token_sum
-        for settled_at, tokens in usage.tokens:
-            remaining -= tokens
-            if remaining < limit:
-                return settled_at + WINDOW_S
-        return usage.tokens[-1][0] + WINDOW_S if usage.tokens else 0.0
+    async def usage(self, tenant: str) -> dict:
+        """What the store counts for `tenant` now (for operators and tests)."""
+        k = keys(tenant)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(k["req"]).get(k["toksum"]).zcard(k["conc"])
+            requests, tokens, in_flight = await pipe.execute()
+        return {"requests": requests, "tokens": int(tokens or 0), "in_flight": in_flight}
+
+    async def _call(self, script, keys_: list[str], args: list):
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await script(keys=keys_, args=args)
+        except (TimeoutError, OSError, RedisError) as exc:
+            raise QuotaUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def quota_lease_s(request_timeout_s: float) -> float:
+    """How long a request may hold a concurrency slot before the store frees it on its own: its
+    longest wait in the fair queue (60 s), its timeout, and a minute's slack."""
+    return 60.0 + request_timeout_s + 60.0
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value

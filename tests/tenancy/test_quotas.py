@@ -1,16 +1,78 @@
-"""Quota windows: exact limits, sliding expiry, token settlement, concurrency and Retry-After."""
+"""Quota windows in the Redis store (serve/tenancy/quotas.py), against a real redis-server this
+module starts on its own port and directory and stops by PID: exact limits, sliding expiry, token
+settlement, concurrency leases, Retry-After, live limits, and exactness across processes."""
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from paliserve.spec import TenantLimits
-from serve.tenancy.quotas import WINDOW_S, QuotaLedger
+from serve.cluster import free_port
+from serve.redis_server import LocalRedis, find_redis_server
+from serve.tenancy.quotas import WINDOW_S, QuotaStore, QuotaUnavailable
+
+T0 = 1.8e12  # ms: a realistic Redis clock reading
 
 
-def ledger(**limits):
-    return QuotaLedger({"t": TenantLimits(**limits), "other": TenantLimits(requests_per_min=1)})
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = LocalRedis(binary, free_port(), str(tmp_path_factory.mktemp("quota-store") / "redis"))
+    info = server.start()
+    yield info
+    server.stop()
 
 
-def test_requests_per_min_refuses_exactly_the_request_over_the_limit():
+class Ledger:
+    """The store driven synchronously with the clock passed in (seconds), like the old ledger."""
+
+    def __init__(self, info, limits: dict[str, TenantLimits], lease_s: float = 600):
+        self.runner = asyncio.Runner()
+        self.store = QuotaStore(info.url, Path(info.password_file).read_text(), lease_s=lease_s)
+        self.limits = limits
+        self.ids: dict[str, list[str]] = {}
+        self.run(self.store.redis.flushdb())
+
+    def run(self, coro):
+        return self.runner.run(coro)
+
+    def acquire(self, tenant: str, now: float):
+        request_id = self.store.new_id()
+        rejection = self.run(self.store.acquire(tenant, self.limits[tenant], request_id, now_ms=T0 + now * 1000))
+        if rejection is None:
+            self.ids.setdefault(tenant, []).append(request_id)
+        return rejection
+
+    def settle(self, tenant: str, tokens: int, now: float) -> None:
+        """The oldest request still in flight ends having used `tokens`."""
+        self.run(self.store.settle(tenant, self.ids[tenant].pop(0), tokens, now_ms=T0 + now * 1000))
+
+    def close(self):
+        self.run(self.store.aclose())
+        self.runner.close()
+
+
+@pytest.fixture
+def ledger(redis_server):
+    made = []
+
+    def make(lease_s: float = 600, **limits):
+        q = Ledger(redis_server, {"t": TenantLimits(**limits), "other": TenantLimits(requests_per_min=1)}, lease_s)
+        made.append(q)
+        return q
+
+    yield make
+    for q in made:
+        q.close()
+
+
+def test_requests_per_min_refuses_exactly_the_request_over_the_limit(ledger):
     q = ledger(requests_per_min=100)
     results = [q.acquire("t", now=i * 0.1) for i in range(101)]
     for i in range(100):
@@ -21,7 +83,7 @@ def test_requests_per_min_refuses_exactly_the_request_over_the_limit():
     assert refused.retry_after_s == pytest.approx(WINDOW_S - 10.0)
 
 
-def test_the_window_slides():
+def test_the_window_slides(ledger):
     q = ledger(requests_per_min=2)
     assert q.acquire("t", 0.0) is None and q.acquire("t", 30.0) is None
     assert q.acquire("t", 59.9) is not None
@@ -29,7 +91,7 @@ def test_the_window_slides():
     assert q.acquire("t", 60.1) is not None
 
 
-def test_refusals_do_not_count_and_tenants_are_separate():
+def test_refusals_do_not_count_and_tenants_are_separate(ledger):
     q = ledger(requests_per_min=1)
     assert q.acquire("t", 0) is None
     assert all(q.acquire("t", 1 + i) is not None for i in range(10))
@@ -37,7 +99,7 @@ def test_refusals_do_not_count_and_tenants_are_separate():
     assert q.acquire("t", 60) is None
 
 
-def test_tokens_are_settled_after_the_response():
+def test_tokens_are_settled_after_the_response(ledger):
     q = ledger(tokens_per_min=1000)
     assert q.acquire("t", 0) is None
     assert q.acquire("t", 0) is None  # nothing settled yet: admitted
@@ -50,7 +112,7 @@ def test_tokens_are_settled_after_the_response():
     assert q.acquire("t", 61) is None
 
 
-def test_max_concurrency_counts_requests_in_flight():
+def test_max_concurrency_counts_requests_in_flight(ledger):
     q = ledger(max_concurrency=2)
     assert q.acquire("t", 0) is None and q.acquire("t", 0) is None
     refused = q.acquire("t", 0)
@@ -59,6 +121,123 @@ def test_max_concurrency_counts_requests_in_flight():
     assert q.acquire("t", 1) is None
 
 
-def test_no_limits_admit_everything():
+def test_no_limits_admit_everything(ledger):
     q = ledger()
-    assert all(q.acquire("t", i * 0.001) is None for i in range(10_000))
+    assert all(q.acquire("t", i * 0.001) is None for i in range(2_000))
+
+
+def test_a_lease_lapses_when_its_request_never_settles(ledger):
+    """A gateway that died with requests in flight cannot hold their slots for ever."""
+    q = ledger(lease_s=5, max_concurrency=1)
+    assert q.acquire("t", 0) is None
+    assert q.acquire("t", 4.9).limit == "max_concurrency"
+    assert q.acquire("t", 5.1) is None
+
+
+def test_limits_are_the_callers_on_each_call(ledger):
+    """The store keeps usage only: a limit changed live applies at the next admission."""
+    q = ledger(requests_per_min=2)
+    assert q.acquire("t", 0) is None and q.acquire("t", 1) is None
+    assert q.acquire("t", 2).limit == "requests_per_min"
+    q.limits["t"] = TenantLimits(requests_per_min=3)
+    assert q.acquire("t", 3) is None
+    assert q.acquire("t", 4).limit == "requests_per_min"
+    q.limits["t"] = TenantLimits(requests_per_min=3, tokens_per_min=10)
+    q.settle("t", 10, now=5)
+    assert q.acquire("t", 61).limit == "tokens_per_min"  # the request log left, the tokens not yet
+    q.limits["t"] = TenantLimits()
+    assert q.acquire("t", 62) is None
+
+
+def test_a_wrong_password_or_no_server_is_unavailable_at_once(redis_server):
+    async def scenario(url, password):
+        store = QuotaStore(url, password, timeout_s=0.3)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            with pytest.raises(QuotaUnavailable):
+                await store.acquire("t", TenantLimits(requests_per_min=1), store.new_id())
+        finally:
+            await store.aclose()
+        return loop.time() - started
+
+    assert asyncio.run(scenario(redis_server.url, "wrong")) < 0.35
+    assert asyncio.run(scenario(f"redis://127.0.0.1:{free_port()}/0", None)) < 0.35
+
+
+def test_after_a_restart_the_same_client_admits_again(tmp_path):
+    """Down: QuotaUnavailable; up again on the same port: the client reconnects (and reloads its
+    scripts, which the new server does not have) without being rebuilt."""
+    from serve.redis_server import start_redis, stop_redis
+
+    server = LocalRedis(find_redis_server(), free_port(), str(tmp_path / "redis"))
+    info = server.start()
+    limits = TenantLimits(requests_per_min=100)
+
+    async def scenario():
+        store = QuotaStore(info.url, Path(info.password_file).read_text())
+        results = [await store.acquire("t", limits, store.new_id())]
+        stop_redis(info, remove=False)
+        try:
+            await store.acquire("t", limits, store.new_id())
+            results.append("admitted while down")
+        except QuotaUnavailable:
+            results.append("unavailable")
+        info.pid = start_redis(find_redis_server(), info)
+        results.append(await store.acquire("t", limits, store.new_id()))
+        await store.aclose()
+        return results
+
+    try:
+        assert asyncio.run(scenario()) == [None, "unavailable", None]
+    finally:
+        server.stop()
+
+
+WORKER = """
+import asyncio, json, sys
+from paliserve.spec import TenantLimits
+from serve.tenancy.quotas import QuotaStore
+url, password, attempts = sys.argv[1], sys.argv[2], int(sys.argv[3])
+limits = TenantLimits(requests_per_min=int(sys.argv[4]))
+async def main():
+    store = QuotaStore(url, password, timeout_s=5)
+    await store.redis.ping()
+    print("ready", flush=True)
+    sys.stdin.readline()  # both workers start together
+    admitted = 0
+    async def caller(n):
+        nonlocal admitted
+        for _ in range(n):
+            if await store.acquire("shared", limits, store.new_id()) is None:
+                admitted += 1
+    await asyncio.gather(*(caller(attempts // 32) for _ in range(32)))
+    print(json.dumps(admitted), flush=True)
+asyncio.run(main())
+"""
+
+
+def test_two_gateway_processes_share_one_exact_limit(redis_server):
+    """Two processes admitting for one tenant at once, 64 callers in all: together they admit
+    exactly the limit (the scripts are atomic in Redis), well within the 5% asked of the cluster."""
+    limit, attempts = 500, 640
+    password = Path(redis_server.password_file).read_text()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, redis_server.url, password, str(attempts), str(limit)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        admitted = [json.loads(proc.stdout.readline()) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    print(f"\nrequests_per_min={limit}, 2 processes x {attempts} attempts: admitted {admitted} = {sum(admitted)}")
+    assert sum(admitted) == limit
+    assert all(a > 0 for a in admitted)

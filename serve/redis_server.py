@@ -1,0 +1,155 @@
+"""The local quota store: a `redis-server` that `paliserve up` starts when a tenant has limits.
+
+It listens on 127.0.0.1 only, on a port chosen here, with a password drawn here (config and
+password files mode 0600 in a directory it owns, inside the cluster's temp dir), keeps no data
+on disk (quota windows are a minute long: a restarted store starts them empty), and is stopped
+by the PID it was started with, after checking that PID still runs this config.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve.processes import start_service
+
+CONFIG_NAME = "redis.conf"
+PASSWORD_NAME = "password"
+
+
+def find_redis_server() -> str | None:
+    """Path of the `redis-server` binary (Debian package `redis-server`), or None."""
+    return shutil.which("redis-server")
+
+
+@dataclass
+class RedisInfo:
+    pid: int
+    port: int
+    data_dir: str
+    log_file: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def config_file(self) -> str:
+        return str(Path(self.data_dir) / CONFIG_NAME)
+
+    @property
+    def password_file(self) -> str:
+        return str(Path(self.data_dir) / PASSWORD_NAME)
+
+    def env(self) -> dict[str, str]:
+        """What a gateway needs to reach this store (serve/tenancy/quotas.py reads it)."""
+        from serve.tenancy.quotas import PASSWORD_FILE_ENV, URL_ENV
+
+        return {URL_ENV: self.url, PASSWORD_FILE_ENV: self.password_file}
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+class LocalRedis:
+    """Configure `redis-server` on 127.0.0.1:`port` in `data_dir` (created, mode 0700)."""
+
+    def __init__(self, binary: str, port: int, data_dir: str):
+        self.binary = binary
+        self.port = port
+        self.data_dir = data_dir
+        self.info: RedisInfo | None = None
+
+    def configure(self) -> RedisInfo:
+        """Write the config and password; the server is started by `start` (`info.env()` is
+        known before, so the cluster can be given it)."""
+        data = Path(self.data_dir)
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        password = secrets.token_hex(32)
+        _write_private(data / PASSWORD_NAME, password)
+        _write_private(data / CONFIG_NAME, "\n".join([
+            "bind 127.0.0.1", "protected-mode yes", f"port {self.port}", f"dir {data}",
+            f"requirepass {password}", 'save ""', "appendonly no", "daemonize no",
+            f"logfile {data / 'redis.log'}", "maxmemory-policy noeviction",
+        ]) + "\n")  # fmt: skip
+        self.info = RedisInfo(0, self.port, str(data), str(data / "redis.log"))
+        return self.info
+
+    def start(self, timeout_s: float = 15) -> RedisInfo:
+        if self.info is None:
+            self.configure()
+        self.info.pid = start_redis(self.binary, self.info, timeout_s)
+        return self.info
+
+    def stop(self) -> None:
+        if self.info is not None:
+            stop_redis(self.info)
+            self.info = None
+
+
+def start_redis(binary: str, info: RedisInfo, timeout_s: float = 15) -> int:
+    """Start `redis-server` on `info`'s config (also how a stopped store is restarted on the same
+    port and directory) and return its PID once it answers."""
+    with open(Path(info.data_dir) / "redis-start.log", "ab") as log:
+        proc = start_service([binary, info.config_file], log)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}: {_last_line(info.log_file)}")
+        if _answers(info.port):
+            return proc.pid
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(f"redis-server not ready within {timeout_s}s: {_last_line(info.log_file)}")
+
+
+def _answers(port: int) -> bool:
+    """The server accepts a connection and replies to a command (NOAUTH counts: it is up)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return bool(s.recv(64))
+    except OSError:
+        return False
+
+
+def _last_line(path: str) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(no output)"
+
+
+def stop_redis(info: RedisInfo, grace_s: float = 10, remove: bool = True) -> None:
+    """Stop the server `info` describes (only if its PID still runs that config); with `remove`,
+    delete its directory."""
+    import psutil
+
+    try:
+        proc = psutil.Process(info.pid)
+        if _runs(proc, info):
+            proc.terminate()
+            try:
+                proc.wait(grace_s)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    except (psutil.NoSuchProcess, ValueError):
+        pass
+    if remove:
+        shutil.rmtree(info.data_dir, ignore_errors=True)
+
+
+def _runs(proc, info: RedisInfo) -> bool:
+    """`proc` is this store's server: redis-server retitles itself `redis-server 127.0.0.1:PORT`."""
+    command = " ".join(proc.cmdline())
+    return "redis-server" in command and f"127.0.0.1:{info.port}" in command
