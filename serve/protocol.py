@@ -19,15 +19,29 @@ class EngineRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     adapter: str | None = None  # a LoRA adapter of the model (Serve also routes by it as the multiplexed id)
+    # the rest of vLLM's sampling parameters a chat request may set (their vLLM defaults)
+    top_k: int | None = None
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs = {
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "stop": self.stop or None,
             "seed": self.seed,
         }
+        for name in ("min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "ignore_eos", "min_tokens"):
+            if getattr(self, name) != EngineRequest.__dataclass_fields__[name].default:
+                kwargs[name] = getattr(self, name)
+        if self.top_k is not None:
+            kwargs["top_k"] = self.top_k
+        return kwargs
 
 
 @dataclass

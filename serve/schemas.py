@@ -52,15 +52,25 @@ class ChatMessage(_Body):
     content: Text | list[ContentPart] | None = None
 
 
-class StreamOptions(_Body):
-    include_usage: bool = False
+class _Strict(BaseModel):
+    """A body whose every field changes the answer: an unknown one is refused (400 naming it,
+    `unsupported_parameter`), never dropped, so a client's option is honoured or refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-class ChatCompletionRequest(_Body):
+class StreamOptions(_Strict):
+    include_usage: bool = Field(default=False, description="A last chunk with `usage` and no choices.")
+    continuous_usage_stats: bool = Field(
+        default=False, description="vLLM's extension: cumulative `usage` in every chunk."
+    )
+
+
+class ChatCompletionRequest(_Strict):
     model: Text | None = Field(default=None, description="Served model name; optional when one is served.")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(default=None, description="Only with `stream: true`.")
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -69,6 +79,15 @@ class ChatCompletionRequest(_Body):
     seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     n: int = Field(default=1, ge=1, le=1, description="PaliGemma serving returns one choice.")
     user: str | None = None
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    # vLLM's extensions to the OpenAI body, honoured as vLLM's server does
+    top_k: int | None = Field(default=None, ge=-1, lt=2**31, description="vLLM: -1, 0 or unset considers every token.")
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0, description="vLLM extension.")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0, description="vLLM extension.")
+    ignore_eos: bool = Field(default=False, description="vLLM: keep generating past end-of-sequence.")
+    min_tokens: int = Field(default=0, ge=0, description="vLLM: no stop (EOS or `stop`) before this many tokens.")
+    logprobs: Literal[False] | None = Field(default=None, description="Not served: only false.")
 
 
 class Usage(BaseModel):
@@ -122,6 +141,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "paliserve"
+    # vLLM's fields (`vllm bench serve` reads `root`): an adapter's parent is its base model
+    root: str
+    parent: str | None = None
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):

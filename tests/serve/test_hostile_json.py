@@ -162,8 +162,9 @@ def _paths(body, prefix=()):
 
 FULL_CHAT = chat_body(
     image=GOOD_IMAGE, max_tokens=2, max_completion_tokens=2, temperature=0, top_p=1, stop=["."], seed=1, n=1,
-    stream=False, stream_options={"include_usage": True}, user="u",
-)  # fmt: skip
+    stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}, user="u", ignore_eos=False,
+    min_tokens=1, top_k=5, min_p=0.0, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0,
+)  # fmt: skip  (stream_options needs stream: true)
 TASK_BODIES = {
     "/v1/vision/caption": {"image": GOOD_IMAGE, "language": "en", "max_tokens": 2, "model": "tiny-paligemma"},
     "/v1/vision/ocr": {"image": GOOD_IMAGE, "max_tokens": 2},

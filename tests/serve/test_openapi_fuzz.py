@@ -5,7 +5,7 @@ checks is exactly what the live stack serves at `/openapi.json`; schemathesis ge
 operation in it (its examples, coverage and fuzzing phases, valid and invalid inputs alike),
 sends them with the local tenant's key, and checks each response: never a server error, and
 every 4xx in the OpenAI error format `{"error": {"message", "type", "param", "code"}}`. The same
-operations without a key must all get 401 (`/healthz` and `/openapi.json` need none).
+operations without a key must all get 401 (`/healthz`, `/health`, `/version` and `/openapi.json` need none).
 
 Random strings practically never form a decodable image, so nearly every request is a cheap 4xx
 that never reaches the engine. Deterministic: a fixed seed, derandomized generation, no example
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.engine
 
 SEED = 8
 REQUEST_TIMEOUT_S = 60
-OPEN_ROUTES = {"/healthz", "/openapi.json"}  # served without a key
+OPEN_ROUTES = {"/healthz", "/health", "/version", "/openapi.json"}  # served without a key
 
 
 def _config(max_examples: int, coverage: bool, headers: dict[str, str]) -> schemathesis.Config:
