@@ -7,18 +7,25 @@ from typing import Any
 
 from paliserve.spec import HttpOptions, Plan
 from serve.ingress import HAPROXY_MODE
+from serve.tenancy.registry import CONFIG_DIR, KEYS_DIR, TENANTS_DIR_ENV
 
 from . import yamlio
 from .settings import (APP, CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RAY_VERSION,
                        Settings)
 from .workers import WorkerGroup
 
-TENANT_KEYS_DIR = "/etc/paliserve/tenant-keys"
+TENANTS_ROOT = "/etc/paliserve"  # PALISERVE_TENANTS_DIR of every Ray container
+TENANT_KEYS_DIR = f"{TENANTS_ROOT}/{KEYS_DIR}"  # the Secret
+TENANTS_CONFIG_DIR = f"{TENANTS_ROOT}/{CONFIG_DIR}"  # the ConfigMap
 GPU = "nvidia.com/gpu"
 
 
 def tenant_keys_secret_name(settings: Settings) -> str:
     return f"{settings.name}-tenant-keys"
+
+
+def tenants_configmap_name(settings: Settings) -> str:
+    return f"{settings.name}-tenants"
 
 
 def serve_config_text(plan: Plan) -> str:
@@ -114,10 +121,14 @@ def _container(name: str, ports: list[tuple[str, int]], plan: Plan, settings: Se
             # HAProxy (bundled with ray[serve] on Linux) in front of the ingress replicas instead of
             # Serve's Python proxy: see serve/ingress.py
             *({"name": k, "value": v} for k, v in HAPROXY_MODE.items()),
+            # the gateway reads the tenants from the mounted Secret and ConfigMap and follows
+            # their changes (no subPath mounts: kubelet updates only whole-volume mounts)
+            {"name": TENANTS_DIR_ENV, "value": TENANTS_ROOT},
         ],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [
             {"name": "tenant-keys", "mountPath": TENANT_KEYS_DIR, "readOnly": True},
+            {"name": "tenants", "mountPath": TENANTS_CONFIG_DIR, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
     }
@@ -126,6 +137,7 @@ def _container(name: str, ports: list[tuple[str, int]], plan: Plan, settings: Se
 def _volumes(settings: Settings) -> list[dict[str, Any]]:
     return [
         {"name": "tenant-keys", "secret": {"secretName": tenant_keys_secret_name(settings)}},
+        {"name": "tenants", "configMap": {"name": tenants_configmap_name(settings)}},
         {"name": "shm", "emptyDir": {"medium": "Memory"}},  # Ray's object store and vLLM's IPC
     ]
 

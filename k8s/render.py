@@ -13,7 +13,7 @@ from .dashboard import dashboard_configmap
 from .monitoring import pod_monitor, prometheus_rule
 from .network import network_policy
 from .rayservice import rayservice
-from .secret import tenant_keys_secret
+from .secret import tenant_keys_secret, tenants_configmap
 from .settings import APP, Settings
 from .workers import worker_groups
 
@@ -36,6 +36,7 @@ def render(plan: Plan, overlay: str, settings: Settings = Settings(), source: st
     own = {
         "rayservice.yaml": rayservice(plan, groups, settings),
         "secret.yaml": tenant_keys_secret(plan, settings),
+        "tenants.yaml": tenants_configmap(plan, settings),
         "networkpolicy.yaml": network_policy(plan, settings),
         "prometheusrule.yaml": prometheus_rule(plan, settings),
     }

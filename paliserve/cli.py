@@ -19,6 +19,7 @@ from k8s.cli import register as register_k8s_commands
 from loadtests.cli import register as register_loadtest_commands
 from paliserve import local
 from paliserve.spec import Plan
+from paliserve.tenants import prepare_local_tenants, register as register_tenant_commands
 
 APP_NAME = "paliserve"
 app = typer.Typer(help="Serve PaliGemma for many tenants on Ray Serve and vLLM.", no_args_is_help=True)
@@ -30,6 +31,9 @@ register_loadtest_commands(app)
 
 def _state_file() -> Path:
     return local.cache_dir() / "cluster.json"
+
+
+register_tenant_commands(app, _state_file, lambda message: _error(message))  # `paliserve tenants apply|list`
 
 
 @app.command("tiny-model")
@@ -146,6 +150,8 @@ def up(
     quota_store = _local_quota_store(serving_plan, cluster.temp_dir)
     if quota_store is not None:  # the gateways find it (and its password file) in their environment
         cluster.env.update(quota_store.configure().env())
+    # the gateways follow a tenants directory in the cluster's temp dir (`paliserve tenants apply`)
+    cluster.env.update(prepare_local_tenants(cluster.temp_dir, serving_plan))
     signal.signal(signal.SIGTERM, _interrupted)  # stopped while starting: clean up as on Ctrl-C
     try:
         if quota_store is not None:

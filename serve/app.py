@@ -9,6 +9,7 @@ from typing import Any
 from paliserve.spec import DeploymentPlan, Plan
 from serve.engine import ENGINE_HEALTH_CHECK, engine_deployment
 from serve.gateway import Gateway
+from serve.tenancy.registry import runtime_tenants
 
 
 def admission_capacity(deployment: DeploymentPlan, replicas: int) -> int:
@@ -20,11 +21,19 @@ def admission_capacity(deployment: DeploymentPlan, replicas: int) -> int:
 
 
 def tenancy_config(plan: Plan) -> dict:
+    """What the gateway's admission is built with: no tenant data (that is `tenant_user_config`)."""
     return {
-        "tenants": [t.model_dump(mode="json") for t in plan.tenants],
         "adapters": {d.model_name: [a.model_dump(mode="json") for a in d.adapters] for d in plan.deployments},
         "capacity": {d.model_name: admission_capacity(d, plan.replicas_behind_ingress(d)) for d in plan.deployments},
     }
+
+
+def tenant_user_config(plan: Plan) -> dict:
+    """The plan's tenants as the ingress deployment's Serve `user_config`: Serve hands it to the
+    replica's `reconfigure` at start (and, deployed from a config, whenever only it changes)
+    instead of as an init argument. A tenants directory, when the replicas have one, replaces it
+    live (serve/tenancy/registry.py)."""
+    return {"tenants": [t.model_dump(mode="json") for t in runtime_tenants(plan.tenants)]}
 
 
 def build_app(plan: Plan):
@@ -36,13 +45,15 @@ def build_app(plan: Plan):
     if plan.colocated:
         (deployment,) = plan.deployments
         (options,) = plan.serve_deployments()
-        gateway = Gateway.options(**options, **ENGINE_HEALTH_CHECK, graceful_shutdown_timeout_s=drain_s)
+        gateway = Gateway.options(**options, **ENGINE_HEALTH_CHECK, graceful_shutdown_timeout_s=drain_s,
+                                  user_config=tenant_user_config(plan))
         return gateway.bind({}, max_model_lens, settings, tenancy_config(plan), deployment.model_dump(mode="json"))
     engines = {d.model_name: engine_deployment(d, drain_s).bind(d.model_dump(mode="json")) for d in plan.deployments}
     gateway = Gateway.options(
         max_ongoing_requests=plan.ingress_max_ongoing_requests(),
         ray_actor_options={"num_cpus": 0.25},
         graceful_shutdown_timeout_s=drain_s,
+        user_config=tenant_user_config(plan),
     )
     return gateway.bind(engines, max_model_lens, settings, tenancy_config(plan))
 

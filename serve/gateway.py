@@ -32,6 +32,7 @@ from serve.remote_images import fetch_image, is_remote
 from serve.protocol import EngineChunk, EngineRequest
 from serve.tenancy.access import ADAPTER_SEPARATOR, Target
 from serve.tenancy.admission import Tenancy, TenancyConfig, Ticket
+from serve.tenancy.registry import TenantFeed
 from serve.tenancy.quotas import QuotaStore, quota_lease_s
 from serve.schemas import (
     AnswerRequest,
@@ -284,7 +285,16 @@ class Gateway:
         # the replica; a request holds its concurrency lease at most its queue wait and timeout
         quotas = QuotaStore.from_env(lease_s=quota_lease_s(self.settings.request_timeout_s))
         self.tenancy = Tenancy(config, quotas)
+        self.tenant_feed = TenantFeed(self.tenancy)  # the tenant set: user_config, then the tenants directory
         self.created = int(time.time())
+
+    async def reconfigure(self, config: dict) -> None:
+        """Serve's `user_config` hook: the plan's tenants, applied in place (no restart)."""
+        await self.tenant_feed.configure(config)
+
+    async def tenant_status(self) -> dict:
+        """The tenant set this replica serves: version, source, tenants without keys (Serve handle only)."""
+        return self.tenant_feed.status()
 
     # ---- shared steps ---------------------------------------------------------------------
 

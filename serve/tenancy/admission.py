@@ -93,6 +93,14 @@ class Tenancy:
         self._in_flight: dict[tuple, int] = {}
         self._settling: set[asyncio.Task] = set()
 
+    def update_tenants(self, tenants: list[TenantPlan]) -> None:
+        """Serve `tenants` from the next request on (live changes: serve/tenancy/registry.py).
+        A new directory and catalog, swapped in one assignment each; the fair gates, in-flight
+        counts and metrics stay, and admitted tickets keep the TenantPlan they were admitted with."""
+        directory = TenantDirectory(tenants)
+        catalog = Catalog(self.catalog.models, {m: list(a.values()) for m, a in self.catalog.adapters.items()})
+        self.directory, self.catalog = directory, catalog
+
     @staticmethod
     def limited(tenant: TenantPlan | None) -> bool:
         return tenant is not None and any(v is not None for v in tenant.limits.model_dump().values())
