@@ -12,10 +12,15 @@ from ray import serve
 from paliserve.spec import DeploymentPlan
 from serve.errors import InvalidRequest
 from serve.protocol import EngineChunk, EngineRequest
+from serve.tenancy.access import Target
+from serve.tenancy.isolation import image_uuid
+from serve.tenancy.metrics import EngineUsageMetrics
+from serve.tenancy.showback import EngineClock
 
 logger = logging.getLogger("paliserve.engine")
 # Serve's health checks of a replica holding an engine (its own, or a colocated gateway)
 ENGINE_HEALTH_CHECK = {"health_check_period_s": 10, "health_check_timeout_s": 30}
+INLINE_HASH_PIXELS = 1 << 20  # a salted request's image is hashed on a thread above this size
 
 
 def image_token_count(hf_config) -> int:
@@ -77,6 +82,7 @@ class EngineReplica:
             return await self._register_adapter(name)
 
         self._load_adapter = serve.multiplexed(max_num_models_per_replica=per_replica)(load_adapter)
+        self.clock = EngineClock(EngineUsageMetrics().record)  # busy time apportioned to tenants by tokens
 
     async def _register_adapter(self, name: str) -> LoadedAdapter:
         from vllm.lora.request import LoRARequest
@@ -152,20 +158,35 @@ class EngineReplica:
         lora_request = await self._lora_request(request.adapter)
         params = SamplingParams(**request.sampling_kwargs(), output_kind=output_kind)
         prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
-        completion_tokens = 0
+        if request.cache_salt:  # the tenant's own prefix and multimodal cache entries (serve/tenancy/isolation.py)
+            prompt["cache_salt"] = request.cache_salt
+            prompt["multi_modal_uuids"] = {"image": [await self._image_uuid(request)]}
+        prompt_tokens = completion_tokens = 0
+        self.clock.start()
         try:
             async for output in self.engine.generate(prompt, params, request.request_id, lora_request=lora_request):
                 completion = output.outputs[0]
                 completion_tokens += len(completion.token_ids)
+                prompt_tokens = len(output.prompt_token_ids or ())
                 yield EngineChunk(
                     text=completion.text,
-                    prompt_tokens=len(output.prompt_token_ids or ()),
+                    prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                     finish_reason=completion.finish_reason if output.finished else None,
                     token_ids=list(completion.token_ids),
+                    image_tokens=self.image_tokens if prompt_tokens else 0,
                 )
         except VLLMClientError as exc:  # vLLM's own verdict that the request is invalid
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None), code="invalid_request") from None
+        finally:  # also when the caller went away: the tokens computed so far were engine time
+            target = Target(self.plan.model_name, request.adapter).name
+            self.clock.finish((request.tenant, target), prompt_tokens + completion_tokens)
+
+    async def _image_uuid(self, request: EngineRequest) -> str:
+        image = request.image
+        if image.width * image.height > INLINE_HASH_PIXELS:  # large images: off the event loop
+            return await asyncio.to_thread(image_uuid, request.cache_salt, image)
+        return image_uuid(request.cache_salt, image)
 
     def __del__(self):
         engine = getattr(self, "engine", None)

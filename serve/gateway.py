@@ -32,6 +32,7 @@ from serve.remote_images import fetch_image, is_remote
 from serve.protocol import EngineChunk, EngineRequest
 from serve.tenancy.access import ADAPTER_SEPARATOR, Target
 from serve.tenancy.admission import Tenancy, TenancyConfig, Ticket
+from serve.tenancy.isolation import cache_salt
 from serve.tenancy.registry import TenantFeed
 from serve.tenancy.quotas import QuotaStore, quota_lease_s
 from serve.schemas import (
@@ -252,6 +253,13 @@ def _estimate(prompt: str, max_tokens: int | None) -> int:
     return len(prompt.split()) + 1 + (max_tokens or ESTIMATED_OUTPUT_TOKENS)
 
 
+def _owner(tenant: TenantPlan | None, target: Target) -> dict:
+    """The EngineRequest fields only the server sets: who asks (usage metrics) and the salt that
+    keeps its cached computation apart from other tenants' (serve/tenancy/isolation.py)."""
+    name = tenant.name if tenant is not None else None
+    return {"tenant": name, "cache_salt": cache_salt(name, target.name)}
+
+
 def _usage(chunk: EngineChunk) -> Usage:
     return Usage(
         prompt_tokens=chunk.prompt_tokens,
@@ -331,7 +339,7 @@ class Gateway:
             failure = self._failure(exc)
             ticket.finish(failure.status_code)
             raise failure from None
-        ticket.finish(200, chunk.prompt_tokens, chunk.completion_tokens)
+        ticket.finish(200, chunk.prompt_tokens, chunk.completion_tokens, chunk.image_tokens)
         return chunk
 
     def _failure(self, exc: BaseException) -> APIError:
@@ -437,6 +445,7 @@ class Gateway:
             seed=body.seed,
             adapter=target.adapter,
             **body.model_dump(include=SAMPLING_EXTENSIONS),
+            **_owner(tenant, target),
         )
         ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, request.max_tokens), received)
         if body.stream:
@@ -526,7 +535,7 @@ class Gateway:
                 yield f"data: {json.dumps(error_body(failure.message, 'server_error', None, failure.code))}\n\n"
             finally:
                 stream.cancel()  # no-op when finished; aborts the engine request on disconnect
-                ticket.finish(status, last.prompt_tokens if last else 0, last.completion_tokens if last else 0)
+                ticket.finish(status, *((last.prompt_tokens, last.completion_tokens, last.image_tokens) if last else ()))
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -545,6 +554,7 @@ class Gateway:
             max_tokens=max_tokens,
             temperature=0.0,
             adapter=target.adapter,
+            **_owner(tenant, target),
         )
         ticket = await self.tenancy.admit(tenant, target, _estimate(prompt, max_tokens), received)
         return target.name, image, await self._complete(ticket, request)

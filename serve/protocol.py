@@ -19,6 +19,10 @@ class EngineRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     adapter: str | None = None  # a LoRA adapter of the model (Serve also routes by it as the multiplexed id)
+    # Set by the gateway from the authenticated tenant, never from the client: the tenant (usage
+    # metrics) and the salt that keys its prefix and multimodal caches apart from other tenants'.
+    tenant: str | None = None
+    cache_salt: str | None = None
     # the rest of vLLM's sampling parameters a chat request may set (their vLLM defaults)
     top_k: int | None = None
     min_p: float = 0.0
@@ -53,3 +57,4 @@ class EngineChunk:
     completion_tokens: int
     finish_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
+    image_tokens: int = 0  # of prompt_tokens, the image's (0 until the prompt is processed)

@@ -63,7 +63,7 @@ class Ticket:
         if not self.done:
             self.finish(499)
 
-    def finish(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    def finish(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0, image_tokens: int = 0) -> None:
         if self.done:
             return
         self.done = True
@@ -76,6 +76,8 @@ class Ticket:
         m.prompt_tokens.inc(prompt_tokens, tags=tags)
         if completion_tokens:
             m.generation_tokens.inc(completion_tokens, tags=tags)
+        if image_tokens:
+            m.image_tokens.inc(image_tokens, tags=tags)
         m.e2e.observe(now - self.received, tags=tags)
         if self.first_token is not None and completion_tokens > 1:
             m.tpot.observe((now - self.first_token) / (completion_tokens - 1), tags=tags)

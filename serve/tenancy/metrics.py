@@ -26,6 +26,9 @@ class TenantMetrics:
         self.generation_tokens = Counter(
             "paliserve_generation_tokens", "Generated tokens of served requests.", tag_keys=LABELS
         )
+        self.image_tokens = Counter(
+            "paliserve_image_tokens", "Image tokens of served requests (part of their prompt tokens).", tag_keys=LABELS
+        )
         self.ttft = Histogram(
             "paliserve_time_to_first_token_seconds", "Gateway receipt to first token (streams).",
             boundaries=LATENCY_BUCKETS_S, tag_keys=LABELS,
@@ -46,3 +49,19 @@ class TenantMetrics:
     @staticmethod
     def tags(tenant: str | None, model: str, **extra: str) -> dict[str, str]:
         return {"tenant": tenant or OPEN_TENANT, "model": model, **extra}
+
+
+class EngineUsageMetrics:
+    """Created by each engine replica (in its process): its busy time apportioned to tenants by
+    tokens (`serve.tenancy.showback.EngineClock`)."""
+
+    def __init__(self):
+        self.engine_seconds = Counter(
+            "paliserve_engine_seconds",
+            "Engine replica busy time apportioned to requests by their tokens (prompt + generated).",
+            tag_keys=LABELS,
+        )
+
+    def record(self, key: tuple[str, str], seconds: float) -> None:
+        if seconds > 0:
+            self.engine_seconds.inc(seconds, tags=TenantMetrics.tags(*key))

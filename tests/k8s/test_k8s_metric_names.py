@@ -12,7 +12,7 @@ from k8s.render import render
 
 PACKAGES = ("paliserve", "serve", "autoscale", "k8s", "loadtests")
 METRIC_MODULES = {  # module -> builds every Ray metric the module defines
-    "serve.tenancy.metrics": lambda module: module.TenantMetrics(),
+    "serve.tenancy.metrics": lambda module: (module.TenantMetrics(), module.EngineUsageMetrics()),
     "autoscale.decision_record": lambda module: module.DecisionRecorder("deployment"),
 }
 SERIES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
