@@ -200,7 +200,7 @@ class Tenancy:
                 await self.quotas.settle(tenant, quota_id, tokens)
                 return
             except QuotaUnavailable as exc:
-                logger.warning("settling quota of %s failed (attempt %d): %s", tenant, attempt + 1, type(exc).__name__)
+                logger.warning("settling quota of %s failed (attempt %d): %s", tenant, attempt + 1, exc)
                 await asyncio.sleep(0.5 * (attempt + 1))
 
     @staticmethod

@@ -28,6 +28,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from paliserve.spec import TenantLimits
@@ -36,7 +37,9 @@ WINDOW_S = 60.0
 CONCURRENCY_RETRY_S = 1.0
 # Admission waits this long for the store, then answers 503: a store that is down must not
 # hold every request for seconds.
-STORE_TIMEOUT_S = 0.3
+STORE_TIMEOUT_S = 0.5
+MAX_CONNECTIONS = 128  # per gateway replica
+SETTLE_TIMEOUT_S = 5.0  # settling runs after the response: no client waits on it
 URL_ENV = "PALISERVE_QUOTA_STORE_URL"
 PASSWORD_ENV = "PALISERVE_QUOTA_STORE_PASSWORD"
 PASSWORD_FILE_ENV = "PALISERVE_QUOTA_STORE_PASSWORD_FILE"
@@ -156,11 +159,17 @@ class QuotaStore:
         self.url = url
         self.timeout_s = timeout_s
         self.lease_ms = lease_s * 1000
-        # no retries inside the client: one bounded try, the caller answers 503 at once
-        self.redis = aioredis.Redis.from_url(
-            url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        # One immediate retry, on a broken connection only: after the store restarts, each pooled
+        # connection fails once and is replaced, and no request should be refused for it. Never
+        # on a timeout (the script may have run): the caller answers 503 at once instead.
+        # A bounded pool: past `MAX_CONNECTIONS` in use, a call waits for a connection (within its
+        # timeout) instead of opening more.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, password=password, socket_timeout=SETTLE_TIMEOUT_S, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), health_check_interval=0,
+            max_connections=MAX_CONNECTIONS, timeout=SETTLE_TIMEOUT_S,
         )  # fmt: skip
+        self.redis = aioredis.Redis(connection_pool=pool)
         self._acquire = self.redis.register_script(ACQUIRE)
         self._settle = self.redis.register_script(SETTLE)
         self._prefix = secrets.token_hex(6)
@@ -203,7 +212,7 @@ class QuotaStore:
         """A request admitted by `acquire` has ended having used `tokens` (0 if it failed early)."""
         k = keys(tenant)
         args = [request_id, int(tokens), WINDOW_S * 1000, "" if now_ms is None else now_ms]
-        await self._call(self._settle, [k["tok"], k["toksum"], k["conc"]], args)
+        await self._call(self._settle, [k["tok"], k["toksum"], k["conc"]], args, SETTLE_TIMEOUT_S)
 
     async def usage(self, tenant: str) -> dict:
         """What the store counts for `tenant` now (for operators and tests)."""
@@ -213,9 +222,9 @@ class QuotaStore:
             requests, tokens, in_flight = await pipe.execute()
         return {"requests": requests, "tokens": int(tokens or 0), "in_flight": in_flight}
 
-    async def _call(self, script, keys_: list[str], args: list):
+    async def _call(self, script, keys_: list[str], args: list, timeout_s: float | None = None):
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s or self.timeout_s):
                 return await script(keys=keys_, args=args)
         except (TimeoutError, OSError, RedisError) as exc:
             raise QuotaUnavailable(f"{type(exc).__name__}: {exc}") from None

@@ -95,3 +95,44 @@ def test_max_concurrency(url):
     assert_rate_limited(refused[0], "max_concurrency")
     time.sleep(1)  # the closed streams release their slots
     assert chat(url, "conc", max_tokens=1).status_code == 200  # the slots came back
+
+
+def test_quota_store_down_then_back(stack, stack_env, url):
+    """The quota store (redis-server, which `paliserve up` started and recorded in cluster.json)
+    is killed by its PID: limited tenants get 503 quota_unavailable with Retry-After, at once;
+    tenants without limits are served. Restarted on the same port, directory and config (as an
+    operator or a supervisor would), admissions work again with nothing else restarted."""
+    import json
+    import os
+    import signal
+    from pathlib import Path
+
+    import psutil
+
+    from serve.redis_server import RedisInfo, find_redis_server, start_redis
+
+    state_file = Path(stack_env["PALISERVE_CACHE"]) / "cluster.json"
+    recorded = json.loads(state_file.read_text())["quota_store"]
+    info = RedisInfo(**{k: v for k, v in recorded.items() if k != "url"})
+    assert chat(url, "conc", max_tokens=1).status_code == 200
+    server = psutil.Process(info.pid)
+    assert f"127.0.0.1:{info.port}" in " ".join(server.cmdline())
+    os.kill(info.pid, signal.SIGKILL)
+    server.wait(10)
+    try:
+        started = time.monotonic()
+        down = chat(url, "conc", max_tokens=1)
+        took = time.monotonic() - started
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["code"] == "quota_unavailable"
+        assert int(down.headers["Retry-After"]) >= 1
+        assert took < 2.0, took  # the store's timeout is 500 ms, not seconds
+        assert chat(url, "local", max_tokens=1).status_code == 200  # no limits: no store needed
+    finally:
+        info.pid = start_redis(find_redis_server(), info)
+        state = json.loads(state_file.read_text())
+        state["quota_store"] = {**recorded, "pid": info.pid}  # `paliserve down` stops the new one
+        state_file.write_text(json.dumps(state, indent=2))
+    statuses = [chat(url, "conc", max_tokens=1).status_code for _ in range(3)]
+    print(f"\nquota store killed: 503 quota_unavailable in {took * 1000:.0f} ms; restarted: {statuses}")
+    assert statuses == [200, 200, 200]
