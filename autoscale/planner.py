@@ -60,7 +60,11 @@ def plan(spec: ClusterSpec, profiles: Sequence[tuple[Profile, str]] = ()) -> Pla
         gpus=len(layout),
         gpus_initial=sum(per_type_initial.values()),
         gpu_layout=layout,
-        cost=Cost(per_hour_initial=_cost(per_type_initial, pool), per_hour_max=_cost(per_type, pool)),
+        cost=Cost(
+            per_hour_initial=_cost(per_type_initial, pool),
+            per_hour_max=_cost(per_type, pool),
+            per_device_hour={n: pool[n].cost_per_hour for n, k in per_type.items() if k and pool[n].cost_per_hour is not None},
+        ),
         http=spec.http,
         gateway=spec.gateway,
         reasons=_plan_reasons(needs, chosen, ranked, profiles),

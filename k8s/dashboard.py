@@ -29,6 +29,13 @@ PANELS = [  # title, unit, [(expr, legend)]
     ("Engine TTFT p95 by model", "s",
      [(f"histogram_quantile(0.95, sum by (le, model_name) (rate({m.ENGINE_TTFT_BUCKET}[{m.RATE_WINDOW}])))",
        "{{model_name}}")]),
+    # usage showback: what each tenant used (`paliserve usage` prints the same counters over a window)
+    ("Usage: engine time by tenant and model (engine-seconds per second, apportioned by tokens)", "short",
+     [(f"sum by (tenant, model) (rate({m.ENGINE_SECONDS}{{{TENANT}}}[{m.RATE_WINDOW}]))", "{{tenant}} {{model}}")]),
+    ("Usage: tokens/s by tenant (prompt, of which image, and generated)", "short",
+     [(f"sum by (tenant) (rate({m.PROMPT_TOKENS}{{{TENANT}}}[{m.RATE_WINDOW}]))", "{{tenant}} prompt"),
+      (f"sum by (tenant) (rate({m.IMAGE_TOKENS}{{{TENANT}}}[{m.RATE_WINDOW}]))", "{{tenant}} image"),
+      (f"sum by (tenant) (rate({m.GENERATION_TOKENS}{{{TENANT}}}[{m.RATE_WINDOW}]))", "{{tenant}} generated")]),
 ]
 
 

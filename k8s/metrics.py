@@ -9,6 +9,11 @@ tests/k8s/test_k8s_metric_names.py checks every name here against the code and R
 REQUESTS = "ray_paliserve_requests_total"  # counter {tenant, model, status}
 TTFT_BUCKET = "ray_paliserve_time_to_first_token_seconds_bucket"  # histogram {tenant, model}
 REJECTIONS = "ray_paliserve_rejections_total"  # counter {tenant, reason}
+# usage showback (paliserve usage): counters {tenant, model}
+PROMPT_TOKENS = "ray_paliserve_prompt_tokens_total"
+IMAGE_TOKENS = "ray_paliserve_image_tokens_total"
+GENERATION_TOKENS = "ray_paliserve_generation_tokens_total"
+ENGINE_SECONDS = "ray_paliserve_engine_seconds_total"  # engine busy time apportioned by tokens
 ERROR_STATUS = "5.."  # regex over `status` that counts as an error
 
 KV_CACHE_USAGE = "ray_vllm_kv_cache_usage_perc"  # gauge 0..1 {model_name}

@@ -20,6 +20,7 @@ from loadtests.cli import register as register_loadtest_commands
 from paliserve import local
 from paliserve.spec import Plan
 from paliserve.tenants import prepare_local_tenants, register as register_tenant_commands
+from paliserve.usage import register as register_usage_commands
 
 APP_NAME = "paliserve"
 app = typer.Typer(help="Serve PaliGemma for many tenants on Ray Serve and vLLM.", no_args_is_help=True)
@@ -33,6 +34,7 @@ def _state_file() -> Path:
     return local.cache_dir() / "cluster.json"
 
 
+register_usage_commands(app, _state_file)  # `paliserve usage` reads the running cluster's Prometheus
 register_tenant_commands(app, _state_file, lambda message: _error(message))  # `paliserve tenants apply|list`
 
 

@@ -615,6 +615,11 @@ class Cost(StrictModel):
     per_hour_initial: float | None = None
     per_hour_max: float | None = None
     currency: str = "USD"
+    per_device_hour: dict[str, float] = Field(
+        default_factory=dict,
+        description="Price of one device-hour per accelerator type the plan uses (the pool's cost_per_hour); "
+        "`paliserve usage` prices each tenant's engine time with it.",
+    )
 
 
 class Plan(StrictModel):
