@@ -92,13 +92,14 @@ class ServedCatalog:
 
     models: tuple[str, ...]
     adapters: dict[str, str] = field(default_factory=dict)
+    quotas: bool = True  # a quota store is configured: tenants may have limits
 
     def to_json(self) -> dict:
-        return {"models": list(self.models), "adapters": dict(self.adapters)}
+        return {"models": list(self.models), "adapters": dict(self.adapters), "quotas": self.quotas}
 
     @classmethod
     def from_json(cls, data: dict) -> ServedCatalog:
-        return cls(tuple(data.get("models", [])), dict(data.get("adapters", {})))
+        return cls(tuple(data.get("models", [])), dict(data.get("adapters", {})), bool(data.get("quotas", True)))
 
 
 def validate_tenants(tenants: list[TenantPlan], catalog: ServedCatalog | None = None,
@@ -125,6 +126,9 @@ def validate_tenants(tenants: list[TenantPlan], catalog: ServedCatalog | None = 
         for model in t.models:
             if model not in catalog.models:
                 problems.append(f"tenant {t.name}: model {model!r} is not served here (served: {', '.join(catalog.models)})")
+        if not catalog.quotas and any(v is not None for v in t.limits.model_dump().values()):
+            problems.append(f"tenant {t.name}: has limits, and this cluster has no quota store to enforce them "
+                            "(one is started only for a plan with a tenant with limits)")
         for adapter in t.adapters:
             owner = catalog.adapters.get(adapter)
             if owner is None:
@@ -319,7 +323,7 @@ class DirectoryWatcher:
 
 def catalog_of(tenancy) -> ServedCatalog:
     adapters = {name: a.tenant for by_name in tenancy.catalog.adapters.values() for name, a in by_name.items()}
-    return ServedCatalog(tuple(tenancy.catalog.models), adapters)
+    return ServedCatalog(tuple(tenancy.catalog.models), adapters, getattr(tenancy, "quotas", None) is not None)
 
 
 def _replica_identity() -> tuple[str, str]:

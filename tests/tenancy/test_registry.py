@@ -24,7 +24,7 @@ from serve.errors import Unauthorized
 from serve.tenancy.access import Target
 from serve.tenancy.admission import Tenancy, TenancyConfig
 from serve.tenancy.identity import key_digest
-from serve.tenancy.registry import (CONFIG_DIR, CONFIG_FILE, KEYS_DIR, ServedCatalog, TenantFeed, TenantSetInvalid,
+from serve.tenancy.registry import (CONFIG_DIR, CONFIG_FILE, KEYS_DIR, ServedCatalog, TenantFeed, TenantSetInvalid, catalog_of,
                                     diff_tenants, read_tenant_dir, runtime_tenants, summary, tenant_set_version,
                                     validate_tenants, write_tenant_dir)
 
@@ -76,6 +76,14 @@ def test_valid_set_passes_and_problems_name_tenant_and_field_never_the_key():
                      "tenant carol: api_key_sha256[0] is not 64 lowercase hex digits", "name must match"]:
         assert expected in text, text
     assert not any(d in text for d in digests(*bad)) and "sk-plain-key" not in text
+
+
+def test_limits_are_refused_where_no_quota_store_enforces_them():
+    limited = [tenant("alice", "sk-a", limits=TenantLimits(requests_per_min=10))]
+    assert validate_tenants(limited, CATALOG) == []
+    (problem,) = validate_tenants(limited, ServedCatalog((MODEL,), quotas=False))
+    assert problem.startswith("tenant alice: has limits, and this cluster has no quota store")
+    assert not catalog_of(Tenancy(TenancyConfig(capacity={MODEL: 4}), None)).quotas
 
 
 def test_removing_every_tenant_from_an_authenticating_cluster_is_refused():
@@ -176,8 +184,12 @@ def mount(root: Path, secret: dict, configmap: dict) -> None:
     kubelet_write(root / CONFIG_DIR, dict(configmap["data"]))
 
 
-def tenancy_for(plan) -> Tenancy:
-    return Tenancy(TenancyConfig(**tenancy_config(plan)))
+class NoQuotaCalls:
+    """A quota store these tests never call: its presence allows tenants with limits."""
+
+
+def tenancy_for(plan, quotas=NoQuotaCalls()) -> Tenancy:
+    return Tenancy(TenancyConfig(**tenancy_config(plan)), quotas)
 
 
 def test_the_gateway_reads_the_mounted_secret_and_configmap_and_follows_their_changes(tmp_path):
@@ -245,14 +257,23 @@ def test_the_watch_applies_a_change_within_its_interval(tmp_path):
             except Unauthorized:
                 await asyncio.sleep(0.01)
                 assert time.monotonic() - written < 5
+        took = time.monotonic() - written
+        while reported()["version"] != expected:  # the report follows the swap (written off the event loop)
+            await asyncio.sleep(0.01)
+            assert time.monotonic() - written < 5
         feed.stop()
-        return time.monotonic() - written
+        return took
 
+    def reported() -> dict:
+        (status,) = [json.loads(p.read_text()) for p in status_dir.glob("*.json")]
+        return status
+
+    expected = tenant_set_version([tenant("local", "sk-next")])
     assert asyncio.run(scenario()) < 2
-    (status,) = [json.loads(p.read_text()) for p in status_dir.glob("*.json")]
-    assert status["version"] == tenant_set_version([tenant("local", "sk-next")]) and status["source"] == "files"
+    status = reported()
+    assert status["version"] == expected and status["source"] == "files"
     assert status["tenants"][0]["keys"] == 1 and key_digest("sk-next") not in json.dumps(status)
-    assert status["catalog"] == {"models": [MODEL], "adapters": {}}
+    assert status["catalog"] == {"models": [MODEL], "adapters": {}, "quotas": True}
 
 
 def test_a_ticket_admitted_before_a_change_finishes_on_the_state_it_had():
@@ -332,6 +353,4 @@ def test_waiting_for_replicas_sees_lagging_refusing_and_new_replicas(tmp_path):
 def test_adapters_of_the_catalog_come_from_the_deployment():
     plan = cpu_plan()
     plan.deployments[0].adapters = [AdapterPlan(name="alice-style", path="/x", tenant="alice")]
-    from serve.tenancy.registry import catalog_of
-
     assert catalog_of(tenancy_for(plan)) == ServedCatalog((MODEL,), {"alice-style": "alice"})
