@@ -1,5 +1,6 @@
-"""Faults under load on a cluster of its own: kill an engine replica, kill the gateway replica,
-scale the engine down from 2 to 1 and redeploy with streams in flight. Prints one table:
+"""Faults under load on a cluster of its own: kill an engine replica, kill the vLLM EngineCore
+process under one, kill the gateway replica, scale the engine down from 2 to 1 and redeploy with
+streams in flight, then serve colocated and kill an EngineCore process again. Prints one table:
 requests sent, failed, their statuses, seconds until 200s again, and requests that hung.
 
 The same stack and scenarios as tests/reliability/test_faults.py (tests/reliability/fault_stack.py).
@@ -19,7 +20,15 @@ sys.path[:0] = [str(ROOT / "tests" / "reliability"), str(ROOT / "tests")]
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from fault_stack import GATEWAY, drain, failure_lines, fault_stack, kill_under_load, table  # noqa: E402
+from fault_stack import (  # noqa: E402
+    GATEWAY,
+    drain,
+    failure_lines,
+    fault_stack,
+    kill_engine_process_under_load,
+    kill_under_load,
+    table,
+)
 
 
 def scenarios():
@@ -31,9 +40,12 @@ def scenarios():
         model = build_tiny_model(Path(tmp) / "tiny-paligemma", seed=0)
         with fault_stack(model) as stack:
             rows.append(kill_under_load(stack, stack.engine, "kill 1 of 2 engine replicas"))
+            rows.append(kill_engine_process_under_load(stack, "kill EngineCore of 1 of 2 engine replicas (separate gateway)"))
             rows.append(kill_under_load(stack, GATEWAY, "kill the gateway replica"))
             rows.append(drain(stack, stack.with_engine_replicas(1), "scale engine 2 -> 1, streams open", replicas_after=1))
             rows.append(drain(stack, stack.with_max_image_bytes(5 * 1024 * 1024), "redeploy, streams open", replicas_after=1))
+            stack.redeploy_colocated(replicas=2)
+            rows.append(kill_engine_process_under_load(stack, "kill EngineCore of 1 of 2 replicas (colocated)"))
     return rows
 
 

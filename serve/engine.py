@@ -10,7 +10,7 @@ import os
 from ray import serve
 
 from paliserve.spec import DeploymentPlan
-from serve.errors import InvalidRequest
+from serve.errors import EngineUnavailable, InvalidRequest, retry_after
 from serve.protocol import EngineChunk, EngineRequest
 from serve.tenancy.access import Target
 from serve.tenancy.isolation import image_uuid
@@ -19,7 +19,20 @@ from serve.tenancy.showback import EngineClock
 
 logger = logging.getLogger("paliserve.engine")
 # Serve's health checks of a replica holding an engine (its own, or a colocated gateway)
-ENGINE_HEALTH_CHECK = {"health_check_period_s": 10, "health_check_timeout_s": 30}
+# (every 2 s: a check is a flag read in vLLM's client, and Serve replaces a replica after 3 failed
+# checks in a row, so a replica whose engine process died is replaced ~6 s later, not ~30 s; HAProxy
+# stops sending to it after the first failed check, serve/ingress.py)
+ENGINE_HEALTH_CHECK = {"health_check_period_s": 2, "health_check_timeout_s": 30}
+ENGINE_DEAD_RETRY_S = 3  # Retry-After when the engine died: the replica leaves HAProxy's pool by then
+
+
+def engine_dead() -> EngineUnavailable:
+    """What every request to a replica whose vLLM engine process died gets: a 503 to retry."""
+    return EngineUnavailable(
+        "This replica's engine process stopped; the replica is being replaced. Retry shortly.",
+        code="engine_unavailable",
+        headers=retry_after(ENGINE_DEAD_RETRY_S),
+    )
 INLINE_HASH_PIXELS = 1 << 20  # a salted request's image is hashed on a thread above this size
 
 
@@ -154,6 +167,8 @@ class EngineReplica:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
 
+        if self.engine.errored:  # the EngineCore process is gone: refused at once
+            raise engine_dead()
         self._check_length(request)
         lora_request = await self._lora_request(request.adapter)
         params = SamplingParams(**request.sampling_kwargs(), output_kind=output_kind)
@@ -178,6 +193,10 @@ class EngineReplica:
                 )
         except VLLMClientError as exc:  # vLLM's own verdict that the request is invalid
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None), code="invalid_request") from None
+        except Exception:
+            if self.engine.errored:  # EngineDeadError, or whatever else the dying engine's client raised
+                raise engine_dead() from None
+            raise
         finally:  # also when the caller went away: the tokens computed so far were engine time
             target = Target(self.plan.model_name, request.adapter).name
             self.clock.finish((request.tenant, target), prompt_tokens + completion_tokens)

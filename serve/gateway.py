@@ -25,7 +25,7 @@ from paliserve.spec import GATEWAY_DEPLOYMENT, GatewaySettings, TenantPlan
 from serve import tasks
 from serve.middleware import Authenticate, BodySizeLimit
 from serve.errors import APIError, EngineUnavailable, InternalError, InvalidRequest, RequestTimeout, error_body, retry_after
-from serve.engine import EngineReplica
+from serve.engine import EngineReplica, engine_dead
 from serve.images import decode_image
 from serve.local_engine import InProcessEngine
 from serve.remote_images import fetch_image, is_remote
@@ -91,6 +91,8 @@ def _engine_failure(exc: BaseException) -> APIError:
             code="engine_unavailable",
             headers=retry_after(1),
         )
+    if type(cause).__name__ == "EngineDeadError":  # vllm.v1.engine.exceptions, by name: no vLLM import here
+        return engine_dead()
     logger.exception("engine call failed", exc_info=cause)
     return InternalError("Internal error while generating.", code="internal_error")
 

@@ -50,6 +50,7 @@ class Outcome:
     end: float
     label: str  # "200", "503", "200+in-band error", "connection error", "timeout"
     body: str = ""
+    retry_after: str | None = None  # the Retry-After header of a response that has one
 
     @property
     def ok(self) -> bool:
@@ -67,7 +68,7 @@ def call(client: httpx.Client, url: str, body: dict, on_first_token=None) -> Out
     try:
         if not body["stream"]:
             reply = client.post(f"{url}/v1/chat/completions", json=body)
-            return Outcome(start, time.monotonic(), str(reply.status_code), reply.text[:300])
+            return Outcome(start, time.monotonic(), str(reply.status_code), reply.text[:300], reply.headers.get("retry-after"))
         chunks: list[str] = []
         with client.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
             for chunk in reply.iter_text():
@@ -79,7 +80,7 @@ def call(client: httpx.Client, url: str, body: dict, on_first_token=None) -> Out
         label = str(reply.status_code)
         if reply.status_code == 200 and ('"error"' in text or not text.rstrip().endswith("data: [DONE]")):
             label = "200+in-band error"
-        return Outcome(start, time.monotonic(), label, text[-300:])
+        return Outcome(start, time.monotonic(), label, text[-300:], reply.headers.get("retry-after"))
     except httpx.TimeoutException as exc:
         return Outcome(start, time.monotonic(), "timeout", repr(exc))
     except httpx.HTTPError as exc:
@@ -134,6 +135,7 @@ class Figures:
     failures: list[Outcome] = field(default_factory=list, repr=False)
     open_at_stop: int | None = None
     after: Outcome | None = None
+    last_failure_s: float | None = None  # from the fault to the start of the last failed request
 
     @classmethod
     def of(cls, scenario: str, outcomes: list[Outcome], recovery_s: float | None, notes: str = "") -> Figures:
@@ -240,10 +242,36 @@ class FaultStack:
 
     def wait_steady(self, replicas: int, timeout_s: float = 300) -> None:
         """Every deployment RUNNING with the engine at `replicas`, and /healthz 200."""
+        gateways = {} if self.plan.colocated else {"RUNNING": 1}
         wait_for(lambda: self.app_status() == "RUNNING" and self.replica_states(self.engine) == {"RUNNING": replicas}
-                 and self.replica_states(GATEWAY) == {"RUNNING": 1}, timeout_s,
+                 and self.replica_states(GATEWAY) == gateways, timeout_s,
                  what=f"{replicas} engine replicas and the gateway RUNNING")  # fmt: skip
         wait_until_healthy(self.url, timeout_s=timeout_s, app=APP)
+
+    def redeploy_colocated(self, replicas: int = 2, timeout_s: float = 400) -> None:
+        """The same model served colocated (gateway inside each engine replica, the default
+        topology of a one-model plan), `replicas` of them, in place of the separate deployments."""
+        plan = self.plan.model_copy(deep=True)
+        plan.gateway.colocate = True
+        plan.deployments[0].replicas = ReplicaBounds(min=replicas, initial=replicas, max=replicas)
+        self.plan = plan
+        self.deploy(plan.serve_config())
+        self.wait_steady(replicas, timeout_s)
+
+    def engine_cores(self, deployment: str) -> list[psutil.Process]:
+        """vLLM's EngineCore processes under the replicas of `deployment`: children of a
+        `ray::ServeReplica:<app>:<deployment>` process, looked for only in this cluster's tree."""
+        found = []
+        for process in psutil.Process(self.cluster.info.pid).children(recursive=True):
+            try:
+                if "EngineCore" not in process.name() and not any("EngineCore" in a for a in process.cmdline()):
+                    continue
+                parent = process.parent()
+                if parent is not None and f"ServeReplica:{APP}:{deployment}" in " ".join(parent.cmdline()):
+                    found.append(process)
+            except psutil.Error:
+                continue
+        return found
 
 
 def _dashboard_port(pid: int) -> int:
@@ -294,6 +322,47 @@ def kill_under_load(stack: FaultStack, deployment: str, scenario: str, clients: 
         time.sleep(settle_s)
     outcomes = traffic.snapshot()
     return Figures.of(scenario, outcomes, recovery_after(outcomes, killed_at), f"replica replaced in {back_s:.1f} s")
+
+
+def kill_engine_process_under_load(stack: FaultStack, scenario: str, clients: int = 3, max_tokens: int = 24,
+                                   settle_s: float = 10, limit_s: float = 300) -> Figures:  # fmt: skip
+    """SIGKILL the vLLM EngineCore process under one replica of the engine deployment (colocated:
+    the model's deployment) while `clients` send requests, half of them streams; measure until
+    Serve has replaced that replica and 200s come back. The notes say when the last failed
+    request started (the ingress stops sending to the dead replica) and when it was replaced."""
+    deployment = stack.engine
+    replicas = stack.running(deployment)
+    bodies = [chat_body(stack.model, max_tokens, stream=i % 2 == 1) for i in range(clients)]
+    traffics = [Traffic(stack.url, body, 1, limit_s) for body in bodies]
+    for traffic in traffics:
+        traffic.__enter__()
+    try:
+        wait_for(lambda: sum(o.ok for t in traffics for o in t.snapshot()) >= 3, 120, what="traffic served before the kill")
+        victim = stack.engine_cores(deployment)[0]
+        replica = psutil.Process(victim.ppid())
+        killed_at = time.monotonic()
+        victim.kill()
+        wait_for(lambda: not replica.is_running() or replica.status() == psutil.STATUS_ZOMBIE, 300, 0.2,
+                 what="the replica whose engine died stopped")  # fmt: skip
+        stopped_s = time.monotonic() - killed_at
+        wait_for(lambda: stack.replica_states(deployment) == {"RUNNING": replicas}, 300,
+                 what=f"{deployment} back to {replicas} RUNNING")  # fmt: skip
+        back_s = time.monotonic() - killed_at
+        settled = time.monotonic()
+        wait_for(lambda: any(o.ok and o.start > settled for t in traffics for o in t.snapshot()), 120,
+                 what="a 200 after recovery")  # fmt: skip
+        time.sleep(settle_s)
+    finally:
+        for traffic in traffics:
+            traffic.__exit__(None, None, None)
+    outcomes = sorted((o for t in traffics for o in t.snapshot()), key=lambda o: o.start)
+    failed = [o for o in outcomes if not o.ok]
+    last = max((o.start for o in failed), default=killed_at) - killed_at
+    figures = Figures.of(scenario, outcomes, recovery_after(outcomes, killed_at),
+                         f"last failure began {last:.1f} s after the kill; replica stopped after {stopped_s:.1f} s, "
+                         f"replaced in {back_s:.1f} s")  # fmt: skip
+    figures.last_failure_s = last if failed else None
+    return figures
 
 
 def drain(stack: FaultStack, config: dict, scenario: str, replicas_after: int, streams: int = 6,

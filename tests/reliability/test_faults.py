@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import pytest
 
-from fault_stack import GATEWAY, Figures, drain, failure_lines, fault_stack, kill_under_load, table
+from fault_stack import (
+    GATEWAY,
+    Figures,
+    drain,
+    failure_lines,
+    fault_stack,
+    kill_engine_process_under_load,
+    kill_under_load,
+    table,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.own_cluster]
 
@@ -52,6 +61,33 @@ def test_killing_an_engine_replica_under_load(stack):
     _check_fault(kill_under_load(stack, stack.engine, "kill 1 of 2 engine replicas"))
 
 
+# the ingress stops sending requests to a replica whose engine died within this (Serve's health
+# check every 2 s, 3 failures to replace it; HAProxy checks every second: serve/engine.py, ingress.py)
+DEAD_ENGINE_OUT_OF_ROTATION_S = 15
+
+
+def _check_dead_engine(figures: Figures) -> None:
+    """EngineCore killed: every failure a 503 with Retry-After and OpenAI's error body, or an
+    in-band `engine_unavailable` event in a stream already started; none hung; the ingress stops
+    sending to the dead replica within seconds; Serve replaces it and 200s continue."""
+    _report(figures)
+    assert figures.hung == 0, figures.failures
+    for o in figures.failures:
+        if o.label == "503":
+            assert o.retry_after is not None and int(o.retry_after) >= 1, (o.label, o.retry_after, o.body)
+            assert '"engine_unavailable"' in o.body, o.body
+        else:
+            assert o.label == "200+in-band error" and '"engine_unavailable"' in o.body, (o.label, o.body)
+    assert figures.failed > 0, "the kill failed no request: did it hit the engine?"
+    assert figures.recovery_s is not None, "no 200 after the last failure"
+    assert figures.last_failure_s is not None and figures.last_failure_s < DEAD_ENGINE_OUT_OF_ROTATION_S, figures.notes
+
+
+def test_killing_the_engine_process_under_load(stack):
+    """Separate gateway: SIGKILL of one engine replica's vLLM EngineCore process."""
+    _check_dead_engine(kill_engine_process_under_load(stack, "kill EngineCore of 1 of 2 engine replicas (separate gateway)"))
+
+
 def test_killing_the_gateway_replica_under_load(stack):
     figures = kill_under_load(stack, GATEWAY, "kill the gateway replica")
     _check_fault(figures, clean=lambda o: _clean(o) or _closed_by_haproxy(o))
@@ -75,3 +111,10 @@ def test_redeploy_drains_in_flight_streams(stack):
         # engine (and sometimes the build of the new config) can take longer than the longest
         # stream the tiny model's 2,048-token context allows (~40 s), so no stream is left to drain.
         pytest.xfail("every stream ended before a replica began stopping: nothing was drained this time")
+
+
+def test_killing_the_engine_process_colocated(stack):
+    """The default topology of a one-model plan, two replicas (redeployed in place; the module's
+    last test, since the redeploy replaces the separate deployments)."""
+    stack.redeploy_colocated(replicas=2)
+    _check_dead_engine(kill_engine_process_under_load(stack, "kill EngineCore of 1 of 2 replicas (colocated)"))
