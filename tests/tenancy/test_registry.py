@@ -354,3 +354,32 @@ def test_adapters_of_the_catalog_come_from_the_deployment():
     plan = cpu_plan()
     plan.deployments[0].adapters = [AdapterPlan(name="alice-style", path="/x", tenant="alice")]
     assert catalog_of(tenancy_for(plan)) == ServedCatalog((MODEL,), {"alice-style": "alice"})
+
+
+def test_the_separate_gateway_gets_the_tenants_as_user_config_too():
+    plan = cpu_plan()
+    plan.gateway.colocate = False
+    from serve.app import build_app
+
+    gateway = build_app(plan)._bound_deployment
+    assert gateway._deployment_config.user_config == tenant_user_config(plan)
+    init = json.dumps([gateway.init_args[1:], gateway.init_kwargs], default=str)
+    assert not any(d in init for t in plan.tenants for d in t.api_key_sha256)
+
+
+def test_the_cli_refuses_a_bad_file_before_touching_any_cluster(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from paliserve.cli import app
+
+    monkeypatch.setenv("PALISERVE_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tenants: [1, 2]\n")
+    result = CliRunner().invoke(app, ["tenants", "apply", str(bad)])
+    assert result.exit_code == 2 and "refused, nothing changed" in result.output
+    good = tmp_path / "plan.yaml"
+    good.write_text(yaml.safe_dump(cpu_plan().model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["tenants", "apply", str(good)])
+    assert result.exit_code == 1 and "paliserve is not running" in result.output
+    result = CliRunner().invoke(app, ["tenants", "list"])
+    assert result.exit_code == 1 and "paliserve is not running" in result.output
