@@ -1,19 +1,23 @@
-"""Gateway admission overhead per request: authentication, quota and fair queue, tenancy on
-beside tenancy off, at a high request rate.
+"""Gateway admission overhead per request: authentication, quota and fair queue, with quotas in
+the cluster's quota store (Redis) against the same path without limits, at a high request rate.
 
 Runs the gateway's admission code (`serve.tenancy.admission.Tenancy`) in this process, as a
-gateway replica runs it, against the real quota authority deployed on a local Ray Serve (the
-one remote call per request; settlement after the response goes in the background). No engine:
-what is timed is the admission path alone, from the raw `Authorization` header to a granted
-engine slot, plus handing the slot back.
+gateway replica runs it, against a real redis-server this benchmark starts (loopback, own port
+and directory, password; stopped by PID): one atomic script per admission, one more per finished
+request in the background. No engine: what is timed is the admission path alone, from the raw
+`Authorization` header to a granted engine slot, plus handing the slot back.
 
-- tenancy on: a plan with TENANTS tenants (one key each, every one with limits high enough
-  never to refuse): constant-time key lookup over every digest, access check, a quota acquire
-  at the authority, a fair-queue slot, and release (quota settled in the background).
-- tenancy off: the same gateway code with a plan without tenants (loopback check and the
-  fair-queue slot only).
+- quotas: TENANTS tenants (one key each) with limits high enough never to refuse: key lookup over
+  every digest, access check, the acquire script in Redis, a fair-queue slot, release (settle).
+- no limits: the same tenants without limits (no call to the store): the baseline.
+- open: a plan without tenants (loopback check and the fair-queue slot only).
+- 4 gateways: PROCESSES OS processes, each running the quotas path at CONCURRENCY against the
+  same Redis at once; admissions/s summed over them.
 
-    .venv/bin/python benchmarks/admission.py [--requests 3000] [--concurrency 64] [--tenants 100]
+A machine-speed control (benchmarks/_control.py, a fixed pure-Python loop) is printed first:
+figures from this shared machine compare only beside it.
+
+    .venv/bin/python benchmarks/admission.py [--requests 5000] [--concurrency 64] [--tenants 100] [--processes 4]
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
+import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -30,17 +35,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _control import machine_speed  # noqa: E402
 
 from paliserve.spec import AdapterPlan, TenantLimits, TenantPlan  # noqa: E402
 from serve.tenancy.admission import Tenancy, TenancyConfig  # noqa: E402
-from serve.tenancy.authority import QuotaAuthority  # noqa: E402
+from serve.tenancy.quotas import QuotaStore  # noqa: E402
 
 MODEL = "tiny-paligemma"
 CAPACITY = 64
 
 
-def tenants(n: int) -> list[TenantPlan]:
-    limits = TenantLimits(requests_per_min=10**9, tokens_per_min=10**12, max_concurrency=10**6)
+def tenants(n: int, limited: bool = True) -> list[TenantPlan]:
+    limits = TenantLimits(requests_per_min=10**9, tokens_per_min=10**12, max_concurrency=10**6) if limited else TenantLimits()
     return [
         TenantPlan(name=f"t{i}", api_key_sha256=[hashlib.sha256(f"sk-bench-{i}".encode()).hexdigest()],
                    models=[MODEL], adapters=[f"a{i}"], limits=limits)  # fmt: skip
@@ -75,60 +83,114 @@ async def drive(tenancy: Tenancy, requests: int, concurrency: int, keys: list[st
     return timings, time.perf_counter() - started
 
 
-def report(name: str, timings: list[float], wall: float) -> dict:
+def summary(timings: list[float], wall: float) -> dict:
     ordered = sorted(timings)
-    row = {
+    return {
         "mean_us": statistics.fmean(ordered) * 1e6,
         "p50_us": ordered[len(ordered) // 2] * 1e6,
-        "p95_us": ordered[int(len(ordered) * 0.95)] * 1e6,
+        "p99_us": ordered[int(len(ordered) * 0.99)] * 1e6,
         "rate": len(ordered) / wall,
     }
-    print(f"{name:13} {row['mean_us']:>10.0f} {row['p50_us']:>10.0f} {row['p95_us']:>10.0f} {row['rate']:>12.0f}")
+
+
+def report(name: str, row: dict) -> dict:
+    print(f"{name:24} {row['mean_us']:>9.0f} {row['p50_us']:>9.0f} {row['p99_us']:>9.0f} {row['rate']:>12.0f}")
     return row
 
 
-async def main(args) -> None:
-    from ray import serve
+def store_for(info) -> QuotaStore:
+    return QuotaStore(info["url"], info["password"])
 
-    plan_tenants = tenants(args.tenants)
-    limits = {t.name: t.limits.model_dump() for t in plan_tenants}
-    authority = serve.run(QuotaAuthority.bind(limits), name="admission-bench", route_prefix=None)
-    on = Tenancy(config(plan_tenants), authority)
-    off = Tenancy(config([]))
+
+def gateway_process(info: dict, args, start, results) -> None:
+    """One gateway: the quotas path at `args.concurrency` against the shared store."""
+
+    async def run():
+        on = Tenancy(config(tenants(args.tenants)), store_for(info))
+        keys = [f"sk-bench-{i}" for i in range(args.tenants)]
+        await drive(on, 200, args.concurrency, keys)  # warm-up: connections, scripts loaded
+        start.wait()
+        timings, wall = await drive(on, args.requests, args.concurrency, keys)
+        await asyncio.sleep(0.5)  # background settlements
+        results.put(json.dumps({"timings": timings, "wall": wall, "began": time.time() - wall, "ended": time.time()}))
+
+    asyncio.run(run())
+
+
+def four_gateways(info: dict, args) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=gateway_process, args=(info, args, start, results)) for _ in range(args.processes)]
+    for proc in procs:
+        proc.start()
+    time.sleep(3 + args.processes)  # every process imported and warmed up
+    start.set()
+    runs = [json.loads(results.get(timeout=600)) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    timings = [t for run in runs for t in run["timings"]]
+    wall = max(r["ended"] for r in runs) - min(r["began"] for r in runs)
+    return summary(timings, wall)
+
+
+async def one_gateway(info: dict, args) -> dict[str, list[dict]]:
     keys = [f"sk-bench-{i}" for i in range(args.tenants)]
-    await drive(on, 200, args.concurrency, keys)  # warm-up: handle routing, metric registration
-    await drive(off, 200, args.concurrency, [None])
-    print(f"\n{args.requests} requests, {args.concurrency} concurrent callers, {args.tenants} tenants, one quota authority")
-    print(f"{'':13} {'mean µs':>10} {'p50 µs':>10} {'p95 µs':>10} {'admitted/s':>12}")
-    rows = {}
+    setups = {
+        "open (no tenants)": (Tenancy(config([])), [None]),
+        "tenants, no limits": (Tenancy(config(tenants(args.tenants, limited=False))), keys),
+        "tenants, quotas (Redis)": (Tenancy(config(tenants(args.tenants)), store_for(info)), keys),
+    }
+    for tenancy, k in setups.values():  # warm-up: metric registration, connections, scripts
+        await drive(tenancy, 300, args.concurrency, k)
+    rows: dict[str, list[dict]] = {}
     for round_ in range(args.rounds):
-        rows.setdefault("off", []).append(report(f"off  (round {round_ + 1})", *await drive(off, args.requests, args.concurrency, [None])))
-        rows.setdefault("on", []).append(report(f"on   (round {round_ + 1})", *await drive(on, args.requests, args.concurrency, keys)))
-    med = {k: statistics.median(r["mean_us"] for r in v) for k, v in rows.items()}
-    rate = {k: statistics.median(r["rate"] for r in v) for k, v in rows.items()}
-    print(f"\nmedian mean admission: on {med['on']:.0f} µs, off {med['off']:.0f} µs, ratio on/off {med['on'] / med['off']:.1f}x; "
-          f"added by tenancy {med['on'] - med['off']:.0f} µs per request; "
-          f"admitted/s on {rate['on']:.0f}, off {rate['off']:.0f}")  # fmt: skip
-    await asyncio.sleep(1.0)  # let background settlements finish before shutdown
+        for name, (tenancy, k) in setups.items():
+            row = summary(*await drive(tenancy, args.requests, args.concurrency, k))
+            rows.setdefault(name, []).append(report(f"{name} #{round_ + 1}", row))
+    await asyncio.sleep(0.5)  # let background settlements finish
+    return rows
+
+
+def median_row(rows: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def main(args) -> None:
+    from serve.cluster import free_port
+    from serve.redis_server import LocalRedis, find_redis_server
+
+    speed = machine_speed()
+    print(f"machine-speed control: {speed:.3f} s for the fixed loop (benchmarks/_control.py; lower is faster)")
+    with tempfile.TemporaryDirectory(prefix="paliserve-admission-") as temp_dir:
+        server = LocalRedis(find_redis_server(), free_port(), str(Path(temp_dir) / "redis"))
+        redis_info = server.start()
+        info = {"url": redis_info.url, "password": Path(redis_info.password_file).read_text()}
+        try:
+            print(f"\none gateway process: {args.requests} admissions per run, {args.concurrency} concurrent callers, "
+                  f"{args.tenants} tenants, {args.rounds} rounds")  # fmt: skip
+            print(f"{'':24} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'admitted/s':>12}")
+            rows = asyncio.run(one_gateway(info, args))
+            print(f"\n{args.processes} gateway processes, each {args.requests} admissions at {args.concurrency} concurrent callers, one Redis")
+            multi = [report(f"{args.processes} gateways #{i + 1}", four_gateways(info, args)) for i in range(args.rounds)]
+        finally:
+            server.stop()
+    base, quotas, open_ = (median_row(rows[k]) for k in ("tenants, no limits", "tenants, quotas (Redis)", "open (no tenants)"))
+    multi_med = median_row(multi)
+    print(f"\nmedians over {args.rounds} rounds (machine-speed control {speed:.3f} s):")
+    print(f"  quotas vs no limits, one gateway: p50 {quotas['p50_us']:.0f} vs {base['p50_us']:.0f} µs "
+          f"(+{quotas['p50_us'] - base['p50_us']:.0f} µs), p99 {quotas['p99_us']:.0f} vs {base['p99_us']:.0f} µs "
+          f"(+{quotas['p99_us'] - base['p99_us']:.0f} µs; target <= +2000), "
+          f"admitted/s {quotas['rate']:.0f} vs {base['rate']:.0f} ({quotas['rate'] / base['rate']:.2f}x)")  # fmt: skip
+    print(f"  open (no tenants): p50 {open_['p50_us']:.0f} µs, p99 {open_['p99_us']:.0f} µs, admitted/s {open_['rate']:.0f}")
+    print(f"  {args.processes} gateways with quotas: {multi_med['rate']:.0f} admitted/s in all (target >= 5000), "
+          f"p50 {multi_med['p50_us']:.0f} µs, p99 {multi_med['p99_us']:.0f} µs")  # fmt: skip
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    with tempfile.TemporaryDirectory(prefix="paliserve-admission-") as temp_dir:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR", log_to_driver=False,
-                 _node_ip_address="127.0.0.1")  # fmt: skip
-        try:
-            asyncio.run(main(args))
-        finally:
-            from ray import serve
-
-            serve.shutdown()
-            ray.shutdown()
+    main(parser.parse_args())

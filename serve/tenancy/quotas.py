@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from paliserve.spec import TenantLimits
 
@@ -40,6 +40,10 @@ CONCURRENCY_RETRY_S = 1.0
 STORE_TIMEOUT_S = 0.5
 MAX_CONNECTIONS = 128  # per gateway replica
 SETTLE_TIMEOUT_S = 5.0  # settling runs after the response: no client waits on it
+# Calls are sent in pipelines (QuotaStore._call): at most this many in
+# flight per gateway replica, each carrying up to MAX_BATCH script calls.
+PIPELINES = 4
+MAX_BATCH = 256
 URL_ENV = "PALISERVE_QUOTA_STORE_URL"
 PASSWORD_ENV = "PALISERVE_QUOTA_STORE_PASSWORD"
 PASSWORD_FILE_ENV = "PALISERVE_QUOTA_STORE_PASSWORD_FILE"
@@ -147,9 +151,11 @@ def keys(tenant: str) -> dict[str, str]:
 
 
 class QuotaStore:
-    """The gateway's client of the quota store: one connection pool per replica, calls bounded by
-    `timeout_s` (then `QuotaUnavailable`: admission fails closed). A Redis that restarts is
-    reconnected to by the next call (redis-py reconnects, and reloads the scripts it finds missing)."""
+    """The gateway's client of the quota store: calls bounded by `timeout_s` (then
+    `QuotaUnavailable`: admission fails closed), queued and sent as pipelines (up to `PIPELINES`
+    round trips in flight, each carrying every call that arrived meanwhile). A Redis that
+    restarts is reconnected to by the next call (redis-py reconnects; the scripts, which a new
+    server lacks, are loaded again on NOSCRIPT)."""
 
     def __init__(self, url: str, password: str | None = None, timeout_s: float = STORE_TIMEOUT_S, lease_s: float = 600.0):
         import redis.asyncio as aioredis
@@ -174,6 +180,9 @@ class QuotaStore:
         self._settle = self.redis.register_script(SETTLE)
         self._prefix = secrets.token_hex(6)
         self._ids = itertools.count()
+        self._pending: list[tuple] = []  # (script, keys, args, reply future) for the next pipeline
+        self._pipelines = 0
+        self._tasks: set[asyncio.Task] = set()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **kwargs) -> QuotaStore | None:
@@ -214,20 +223,64 @@ class QuotaStore:
         args = [request_id, int(tokens), WINDOW_S * 1000, "" if now_ms is None else now_ms]
         await self._call(self._settle, [k["tok"], k["toksum"], k["conc"]], args, SETTLE_TIMEOUT_S)
 
-    async def usage(self, tenant: str) -> dict:
-        """What the store counts for `tenant` now (for operators and tests)."""
-        k = keys(tenant)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(k["req"]).get(k["toksum"]).zcard(k["conc"])
-            requests, tokens, in_flight = await pipe.execute()
-        return {"requests": requests, "tokens": int(tokens or 0), "in_flight": in_flight}
-
     async def _call(self, script, keys_: list[str], args: list, timeout_s: float | None = None):
+        """Queue one script call for the next pipeline and wait for its reply, within the timeout.
+        A call that times out may still run in Redis (its lease then lapses on its own)."""
+        reply = asyncio.get_running_loop().create_future()
+        self._pending.append((script, keys_, args, reply))
+        if self._pipelines < PIPELINES:
+            self._pipelines += 1
+            task = asyncio.get_running_loop().create_task(self._pipeline())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         try:
             async with asyncio.timeout(timeout_s or self.timeout_s):
-                return await script(keys=keys_, args=args)
+                return await reply
+        except TimeoutError:
+            raise QuotaUnavailable("TimeoutError: no reply in time") from None
+
+    async def _pipeline(self) -> None:
+        """Send what is queued as one pipeline (one round trip for every call waiting), again
+        while calls keep arriving: under load each trip carries many admissions."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                batch = [call for call in batch if not call[3].done()]  # timed out while queued
+                if batch:
+                    await self._send(batch)
+        finally:
+            self._pipelines -= 1
+
+    async def _send(self, batch: list, reload: bool = True) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for script, keys_, args, _ in batch:
+                    pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+                replies = await pipe.execute(raise_on_error=False)
         except (TimeoutError, OSError, RedisError) as exc:
-            raise QuotaUnavailable(f"{type(exc).__name__}: {exc}") from None
+            failure = QuotaUnavailable(f"{type(exc).__name__}: {exc}")
+            for *_, reply in batch:
+                if not reply.done():
+                    reply.set_exception(failure)
+            return
+        missing = []
+        for call, result in zip(batch, replies):
+            reply = call[3]
+            if isinstance(result, NoScriptError) and reload:  # a restarted store has no scripts
+                missing.append(call)
+            elif reply.done():
+                continue
+            elif isinstance(result, Exception):
+                reply.set_exception(QuotaUnavailable(f"{type(result).__name__}: {result}"))
+            else:
+                reply.set_result(result)
+        if missing:
+            try:
+                for script in {call[0] for call in missing}:
+                    await self.redis.script_load(script.script)
+            except (TimeoutError, OSError, RedisError):
+                pass  # the calls fail below with the store's own error
+            await self._send(missing, reload=False)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
