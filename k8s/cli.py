@@ -42,13 +42,15 @@ def k8s_command(
     operator_namespace: Annotated[str, typer.Option(help="Namespace of the KubeRay operator (may reach the dashboard).")] = Settings.operator_namespace,
     gpu_product: Annotated[Optional[list[str]], typer.Option(help="TYPE=LABEL: nvidia.com/gpu.product of a GPU type (repeatable).")] = None,
     tiny_model: Annotated[Optional[str], typer.Option(help="Dev: CPU workers build the tiny model at this path (sets PALISERVE_TINY_MODEL).")] = None,
+    quota_store_url: Annotated[Optional[str], typer.Option(help="An existing Redis for the quotas (redis://HOST:PORT/DB; password from the Secret <name>-quota-store, key password); default: render one.")] = None,
 ) -> None:
     """Render Kubernetes manifests (KubeRay RayService, Secret, NetworkPolicy, monitoring) for a plan."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         settings = Settings(name=name, image=image or Settings().image, prometheus_url=prometheus_url,
                             monitoring_namespace=monitoring_namespace, operator_namespace=operator_namespace,
-                            gpu_products={**GPU_PRODUCTS, **_pairs(gpu_product or [])}, tiny_model=tiny_model)
+                            gpu_products={**GPU_PRODUCTS, **_pairs(gpu_product or [])}, tiny_model=tiny_model,
+                            quota_store_url=quota_store_url)
         serving = load_plan_or_spec(plan, tiny_model)
         chosen = overlay or ("prod" if any(d.device == "gpu" for d in serving.deployments) else "dev")
         files = render(serving, chosen, settings, source=str(plan))

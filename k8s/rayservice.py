@@ -10,6 +10,7 @@ from serve.ingress import HAPROXY_MODE
 from serve.tenancy.registry import CONFIG_DIR, KEYS_DIR, TENANTS_DIR_ENV
 
 from . import yamlio
+from .quotastore import quota_store_env
 from .settings import (APP, CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RAY_VERSION,
                        Settings)
 from .workers import WorkerGroup
@@ -124,6 +125,8 @@ def _container(name: str, ports: list[tuple[str, int]], plan: Plan, settings: Se
             # the gateway reads the tenants from the mounted Secret and ConfigMap and follows
             # their changes (no subPath mounts: kubelet updates only whole-volume mounts)
             {"name": TENANTS_DIR_ENV, "value": TENANTS_ROOT},
+            # every gateway replica's quotas live in one Redis (k8s/quotastore.py)
+            *quota_store_env(settings),
         ],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [

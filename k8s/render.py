@@ -12,6 +12,7 @@ from .checks import check_plan
 from .dashboard import dashboard_configmap
 from .monitoring import pod_monitor, prometheus_rule
 from .network import network_policy
+from .quotastore import quota_store_documents
 from .rayservice import rayservice
 from .secret import tenant_keys_secret, tenants_configmap
 from .settings import APP, Settings
@@ -39,6 +40,7 @@ def render(plan: Plan, overlay: str, settings: Settings = Settings(), source: st
         "tenants.yaml": tenants_configmap(plan, settings),
         "networkpolicy.yaml": network_policy(plan, settings),
         "prometheusrule.yaml": prometheus_rule(plan, settings),
+        **quota_store_documents(settings),
     }
     comments = {"rayservice.yaml": header + ARITHMETIC + "".join(f"  {g.explain()}\n" for g in groups)}
     files = {f"base/{name}": yamlio.dump(doc, "Rendered by `paliserve k8s`; the same for every plan.")

@@ -45,6 +45,14 @@ class Settings:
     cpu_worker_memory_gib: int = 8
     tiny_model: str | None = None  # CPU workers build the tiny test model here before Ray starts
     gpu_products: dict[str, str] = field(default_factory=lambda: dict(GPU_PRODUCTS))
+    # the quota store (k8s/quotastore.py): an existing Redis (redis:// or rediss://), or None to
+    # render one
+    quota_store_url: str | None = None
+    quota_store_image: str = "redis:7.0.15"
+
+    def __post_init__(self):
+        if self.quota_store_url is not None and not self.quota_store_url.startswith(("redis://", "rediss://")):
+            raise ValueError(f"--quota-store-url: expected redis://HOST:PORT/DB or rediss://..., got {self.quota_store_url!r}")
 
     @property
     def labels(self) -> dict[str, str]:

@@ -38,10 +38,14 @@ def gpu_deployment(name: str, share: float, replicas: tuple[int, int, int], acce
 
 
 def documents(files: dict[str, str], overlay: str) -> dict[str, dict]:
-    """kind -> document of an overlay's own files (one of each kind)."""
-    docs = [yaml.safe_load(text) for path, text in files.items()
-            if path.startswith(f"overlays/{overlay}/") and not path.endswith("kustomization.yaml")]
-    return {doc["kind"]: doc for doc in docs}
+    """kind -> document of an overlay's own files; the quota store's as `quotastore/<kind>`
+    (k8s/quotastore.py: its NetworkPolicy is the overlay's second)."""
+    docs = {}
+    for path, text in files.items():
+        if path.startswith(f"overlays/{overlay}/") and not path.endswith("kustomization.yaml"):
+            doc = yaml.safe_load(text)
+            docs[f"quotastore/{doc['kind']}" if "/quotastore-" in path else doc["kind"]] = doc
+    return docs
 
 
 def render_docs(plan: Plan, overlay: str = "prod", settings: Settings = Settings()) -> dict[str, dict]:

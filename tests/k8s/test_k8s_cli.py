@@ -26,7 +26,7 @@ def test_spec_renders_and_validates(tmp_path):
     result = run(EXAMPLE, "-o", tmp_path, "--validate", "--image", "registry.example.com/paliserve:1.0",
                  "--gpu-product", "L4=NVIDIA-L4-custom")
     assert result.exit_code == 0, result.output
-    assert "valid: 9 documents in base, overlays/prod (Kubernetes 1.32)" in result.output
+    assert "valid: 12 documents in base, overlays/prod (Kubernetes 1.32)" in result.output  # 3: the quota store
     kustomization = yaml.safe_load((tmp_path / "overlays/prod/kustomization.yaml").read_text())
     assert kustomization["images"] == [{"name": "paliserve", "newName": "registry.example.com/paliserve", "newTag": "1.0"}]
     assert "NVIDIA-L4-custom" in (tmp_path / "overlays/prod/rayservice.yaml").read_text()
@@ -40,7 +40,7 @@ def test_one_overlay_per_run_and_runs_into_one_directory_add_up(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["dev", "prod"]
     assert base == {p: p.read_text() for p in (tmp_path / "base").iterdir()}
-    assert "valid: 16 documents in base, overlays/dev, overlays/prod" in result.output
+    assert "valid: 22 documents in base, overlays/dev, overlays/prod" in result.output  # 6: the quota stores
 
 
 def test_plan_file_is_used_as_it_is(tmp_path):

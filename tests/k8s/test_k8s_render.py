@@ -112,10 +112,11 @@ def test_network_policy_exposes_only_the_serve_port(plan, prod):
 
 
 def test_the_serve_service_is_the_rayservices_and_exposes_only_the_serve_port(plan, prod):
-    """No standalone Service: KubeRay creates it from RayService.spec.serveService."""
-    kinds = [yaml.safe_load(text)["kind"] for path, text in render(plan, "prod").items()
-             if not path.endswith("kustomization.yaml")]
-    assert "Service" not in kinds
+    """No standalone Service for serving: KubeRay creates it from RayService.spec.serveService
+    (the one Service rendered is the quota store's, k8s/quotastore.py)."""
+    services = [doc["metadata"]["name"] for doc in (yaml.safe_load(text) for path, text in render(plan, "prod").items()
+                if not path.endswith("kustomization.yaml")) if doc["kind"] == "Service"]
+    assert services == ["paliserve-quota-store"]
     service = prod["RayService"]["spec"]["serveService"]
     assert service["metadata"]["name"] == "paliserve-serve"
     assert service["spec"] == {"type": "ClusterIP", "ports": [
@@ -148,3 +149,33 @@ def test_quota_alert_counts_only_quota_refusals_over_a_threshold(prod):
     assert float(expr.rsplit(">", 1)[1]) > 0
     description = rules["PaliserveQuotaRejections"]["annotations"]["description"]
     assert "429" in description and "not counted" in description
+
+
+def test_the_quota_store_is_rendered_and_reachable_from_the_ray_pods_only(prod):
+    """Without an address: a one-replica Redis, its Service, and a NetworkPolicy letting only this
+    cluster's Ray pods reach it; every Ray container is given its address."""
+    store, service, policy = (prod[f"quotastore/{kind}"] for kind in ("Deployment", "Service", "NetworkPolicy"))
+    assert store["spec"]["replicas"] == 1
+    (container,) = store["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("redis:") and "--save" in container["args"]
+    name = service["metadata"]["name"]
+    assert service["spec"]["selector"] == store["spec"]["selector"]["matchLabels"] == policy["spec"]["podSelector"]["matchLabels"]
+    ray_labels = prod["RayService"]["metadata"]["labels"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": ray_labels}}],
+                                          "ports": [{"protocol": "TCP", "port": 6379}]}]
+    # the Ray pods' own policy and PodMonitor must not select the store
+    assert store["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] != ray_labels["app.kubernetes.io/name"]
+    for container in ray_containers(prod["RayService"]):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["PALISERVE_QUOTA_STORE_URL"]["value"] == f"redis://{name}:6379/0"
+        assert env["PALISERVE_QUOTA_STORE_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_an_external_quota_store_is_used_as_given(plan):
+    docs = render_docs(plan, "prod", Settings(quota_store_url="rediss://redis.internal:6380/2"))
+    assert not [key for key in docs if key.startswith("quotastore/")]
+    for container in ray_containers(docs["RayService"]):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["PALISERVE_QUOTA_STORE_URL"]["value"] == "rediss://redis.internal:6380/2"
+    with pytest.raises(ValueError, match="quota-store-url"):
+        Settings(quota_store_url="redis.internal:6379")

@@ -22,7 +22,8 @@ def test_committed_tree_is_valid():
     checked = validate_tree(MANIFESTS)
     assert set(checked) == {"base", "overlays/dev", "overlays/prod"}
     kinds = {doc.split("/")[0] for doc in checked["overlays/prod"]}
-    assert kinds == {"RayService", "Secret", "NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap"}
+    assert kinds == {"RayService", "Secret", "NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap",
+                     "Deployment", "Service"}  # the last two: the quota store (k8s/quotastore.py)
 
 
 def test_overlays_carry_the_image_and_labels(built):
