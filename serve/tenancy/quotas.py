@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from paliserve.spec import TenantLimits
 
@@ -38,7 +38,6 @@ CONCURRENCY_RETRY_S = 1.0
 # Admission waits this long for the store, then answers 503: a store that is down must not
 # hold every request for seconds.
 STORE_TIMEOUT_S = 0.5
-MAX_CONNECTIONS = 128  # per gateway replica
 SETTLE_TIMEOUT_S = 5.0  # settling runs after the response: no client waits on it
 # Calls are sent in pipelines (QuotaStore._call): at most this many in
 # flight per gateway replica, each carrying up to MAX_BATCH script calls.
@@ -165,15 +164,14 @@ class QuotaStore:
         self.url = url
         self.timeout_s = timeout_s
         self.lease_ms = lease_s * 1000
-        # One immediate retry, on a broken connection only: after the store restarts, each pooled
-        # connection fails once and is replaced, and no request should be refused for it. Never
-        # on a timeout (the script may have run): the caller answers 503 at once instead.
-        # A bounded pool: past `MAX_CONNECTIONS` in use, a call waits for a connection (within its
-        # timeout) instead of opening more.
+        # One immediate retry, on a broken connection only (here and in `_send`): after the store
+        # restarts, each pooled connection fails once and is replaced, and no request should be
+        # refused for it. Never on a timeout (the script may have run): the caller answers 503.
+        # One connection per pipeline in flight (and one for loading scripts).
         pool = aioredis.BlockingConnectionPool.from_url(
             url, password=password, socket_timeout=SETTLE_TIMEOUT_S, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), health_check_interval=0,
-            max_connections=MAX_CONNECTIONS, timeout=SETTLE_TIMEOUT_S,
+            max_connections=PIPELINES + 1, timeout=SETTLE_TIMEOUT_S,
         )  # fmt: skip
         self.redis = aioredis.Redis(connection_pool=pool)
         self._acquire = self.redis.register_script(ACQUIRE)
@@ -226,18 +224,19 @@ class QuotaStore:
     async def _call(self, script, keys_: list[str], args: list, timeout_s: float | None = None):
         """Queue one script call for the next pipeline and wait for its reply, within the timeout.
         A call that times out may still run in Redis (its lease then lapses on its own)."""
-        reply = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
         self._pending.append((script, keys_, args, reply))
         if self._pipelines < PIPELINES:
             self._pipelines += 1
-            task = asyncio.get_running_loop().create_task(self._pipeline())
+            task = loop.create_task(self._pipeline())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        timer = loop.call_later(timeout_s or self.timeout_s, _expire, reply)
         try:
-            async with asyncio.timeout(timeout_s or self.timeout_s):
-                return await reply
-        except TimeoutError:
-            raise QuotaUnavailable("TimeoutError: no reply in time") from None
+            return await reply
+        finally:
+            timer.cancel()
 
     async def _pipeline(self) -> None:
         """Send what is queued as one pipeline (one round trip for every call waiting), again
@@ -251,22 +250,33 @@ class QuotaStore:
         finally:
             self._pipelines -= 1
 
-    async def _send(self, batch: list, reload: bool = True) -> None:
+    async def _send(self, batch: list, retry: bool = True) -> None:
+        """EVALSHA for each call, packed here (redis-py's general packer cost more than the script
+        runs), on one pooled connection; replies read in order."""
+        pool = self.redis.connection_pool
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for script, keys_, args, _ in batch:
-                    pipe.evalsha(script.sha, len(keys_), *keys_, *args)
-                replies = await pipe.execute(raise_on_error=False)
+            conn = await pool.get_connection()
         except (TimeoutError, OSError, RedisError) as exc:
-            failure = QuotaUnavailable(f"{type(exc).__name__}: {exc}")
-            for *_, reply in batch:
-                if not reply.done():
-                    reply.set_exception(failure)
-            return
+            return _fail(batch, exc)
+        try:
+            await conn.send_packed_command(b"".join(_evalsha(s.sha, k, a) for s, k, a, _ in batch), check_health=False)
+            replies = []
+            for _ in batch:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as error:  # an error reply: the stream is still in step
+                    replies.append(error)
+        except (TimeoutError, OSError, RedisError) as exc:
+            await conn.disconnect()
+            if retry and isinstance(exc, (RedisConnectionError, ConnectionError)):  # a connection from
+                return await self._send(batch, retry=False)  # before a restart: once more, fresh
+            return _fail(batch, exc)
+        finally:
+            await pool.release(conn)
         missing = []
         for call, result in zip(batch, replies):
             reply = call[3]
-            if isinstance(result, NoScriptError) and reload:  # a restarted store has no scripts
+            if isinstance(result, NoScriptError) and retry:  # a restarted store has no scripts
                 missing.append(call)
             elif reply.done():
                 continue
@@ -280,10 +290,28 @@ class QuotaStore:
                     await self.redis.script_load(script.script)
             except (TimeoutError, OSError, RedisError):
                 pass  # the calls fail below with the store's own error
-            await self._send(missing, reload=False)
+            await self._send(missing, retry=False)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+
+def _evalsha(sha: str, keys_: list[str], args: list) -> bytes:
+    """One EVALSHA command in Redis's protocol (RESP)."""
+    parts = [b"EVALSHA", sha.encode(), str(len(keys_)).encode(), *(str(x).encode() for x in (*keys_, *args))]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def _expire(reply: asyncio.Future) -> None:
+    if not reply.done():
+        reply.set_exception(QuotaUnavailable("TimeoutError: no reply in time"))
+
+
+def _fail(batch: list, exc: BaseException) -> None:
+    failure = QuotaUnavailable(f"{type(exc).__name__}: {exc}")
+    for *_, reply in batch:
+        if not reply.done():
+            reply.set_exception(failure)
 
 
 def quota_lease_s(request_timeout_s: float) -> float:
