@@ -48,6 +48,8 @@ from _control import machine_speed  # noqa: E402
 MAX_TOKENS = 16
 MAX_NUM_SEQS = 64
 MAX_MODEL_LEN = 512
+IDLE_S = 10  # the serving stack's own CPU use is measured over this long with no request
+SETTLE_CORES, SETTLE_MAX_S = 0.15, 120
 BENCH_KEY = "sk-bench"
 # limits the benchmark cannot reach: every admission is checked, none refused
 NEVER_REFUSING = {"requests_per_min": 10_000_000, "tokens_per_min": 1_000_000_000, "max_concurrency": 10_000}
@@ -82,11 +84,65 @@ def chat_body(model: str) -> dict:
 # ---- load generation (one client for every setup) --------------------------------------------
 
 
-async def measure(call, rounds: int, seconds: float) -> dict:
-    """`call()` sends one request and returns the generated token count."""
+def cpu_seconds(root_pid: int | None) -> dict[str, float]:
+    """CPU seconds used so far by this process (the client) and by `root_pid` and its
+    descendants, by part of the serving path (a part's processes that exited are not counted)."""
+    import psutil
+
+    parts = {"client": sum(psutil.Process().cpu_times()[:2])}
+    if root_pid is None:
+        return parts
+    root = psutil.Process(root_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name = " ".join(proc.cmdline()) or proc.name()
+            used = sum(proc.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        part = next((p for marker, p in PARTS if marker in name), None) or _other(proc, name)
+        parts[part] = parts.get(part, 0.0) + used
+    return parts
+
+
+def _other(proc, cmdline: str) -> str:
+    """A process outside the request path, named by what runs in it (Ray daemons, Serve's controller)."""
+    words = cmdline.split()
+    script = next((w for w in words[1:] if w.endswith(".py")), None)
+    name = Path(script).stem if script and "python" in Path(words[0]).name else proc.name()
+    return f"other: {name}"
+
+
+# process markers (command line or title) -> the part of the serving path it is
+PARTS = [("haproxy", "HAProxy"), ("EngineCore", "vLLM EngineCore"), ("ServeReplica", "Serve replica (gateway+engine front)"),
+         ("api_server", "vLLM API server (front end)"), ("_vllm_server", "vLLM API server (front end)")]  # fmt: skip
+
+
+async def settle(root_pid: int | None) -> float:
+    """Wait (at most SETTLE_MAX_S) until the server's processes use under SETTLE_CORES with no
+    request: Serve's controller was seen busy for a minute after a deployment turned healthy.
+    Every setup waits the same way; returns the seconds waited."""
+    start = time.perf_counter()
+    while root_pid is not None and time.perf_counter() - start < SETTLE_MAX_S:
+        before = cpu_seconds(root_pid)
+        await asyncio.sleep(3)
+        after = cpu_seconds(root_pid)
+        if sum(v - before.get(p, 0.0) for p, v in after.items() if p != "client") / 3 < SETTLE_CORES:
+            break
+    return time.perf_counter() - start
+
+
+async def measure(call, rounds: int, seconds: float, root_pid: int | None = None) -> dict:
+    """`call()` sends one request and returns the generated token count. With `root_pid`, also the
+    CPU milliseconds each part of the serving path spent per request at concurrency 16."""
+    settled_s = await settle(root_pid)
     for _ in range(5):
         await call()
+    idle_before = cpu_seconds(root_pid)
+    await asyncio.sleep(IDLE_S)
+    idle = {p: (used - idle_before.get(p, 0.0)) / IDLE_S for p, used in cpu_seconds(root_pid).items()}
     lat_rounds, rps_rounds, tps_rounds = [], [], []
+    cpu_ms: dict[str, float] = {}
+    requests_at_16 = 0
     for _ in range(rounds):
         latencies = []
         for _ in range(40):
@@ -104,9 +160,14 @@ async def measure(call, rounds: int, seconds: float) -> dict:
                 tokens += generated
                 done += 1
 
+        before = cpu_seconds(root_pid)
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(16)))
         elapsed = time.perf_counter() - start
+        after = cpu_seconds(root_pid)
+        for part, used in after.items():
+            cpu_ms[part] = cpu_ms.get(part, 0.0) + (used - before.get(part, 0.0)) * 1000
+        requests_at_16 += done
         if tokens != done * MAX_TOKENS:
             raise RuntimeError(f"expected {MAX_TOKENS} tokens per request, got {tokens / done:.1f} on average")
         rps_rounds.append(done / elapsed)
@@ -118,6 +179,9 @@ async def measure(call, rounds: int, seconds: float) -> dict:
         "p95_ms": statistics.median(p95s),
         "req_per_s": statistics.median(rps_rounds),
         "tok_per_s": statistics.median(tps_rounds),
+        "cpu_ms_per_request": {part: used / requests_at_16 for part, used in cpu_ms.items()},
+        "idle_cores": idle,
+        "settled_s": settled_s,
     }
 
 
@@ -130,11 +194,12 @@ def http_call(client: httpx.AsyncClient, url: str, body: dict):
     return call
 
 
-async def measure_http(url: str, model: str, rounds: int, seconds: float, key: str | None = None) -> dict:
+async def measure_http(url: str, model: str, rounds: int, seconds: float, key: str | None = None,
+                       root_pid: int | None = None) -> dict:
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     headers = {"Authorization": f"Bearer {key}"} if key else None
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
-        return await measure(http_call(client, url, chat_body(model)), rounds, seconds)
+        return await measure(http_call(client, url, chat_body(model)), rounds, seconds, root_pid)
 
 
 # ---- the three setups ------------------------------------------------------------------------
@@ -184,7 +249,8 @@ def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> 
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        return asyncio.run(measure_http(f"http://127.0.0.1:{port}/v1/chat/completions", "tiny-paligemma", rounds, seconds))
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return asyncio.run(measure_http(url, "tiny-paligemma", rounds, seconds, root_pid=proc.pid))
     finally:
         stop_process_tree(proc.pid)
         log.close()
@@ -216,7 +282,9 @@ def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path,
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}")
         key = BENCH_KEY if tenant or quotas else None
-        return asyncio.run(measure_http(f"http://127.0.0.1:{port}/v1/chat/completions", "tiny-paligemma", rounds, seconds, key))
+        ray_pid = json.loads((workdir / "cache" / "cluster.json").read_text())["pid"]
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return asyncio.run(measure_http(url, "tiny-paligemma", rounds, seconds, key, root_pid=ray_pid))
     finally:
         subprocess.run([paliserve, "down"], env=env, capture_output=True, timeout=120)
 
@@ -266,6 +334,16 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:46} {r['p50_ms']:11.1f} {r['p95_ms']:11.1f} {r['req_per_s']:11.1f} {r['tok_per_s']:11.0f} "
               f"{speeds[name]:10.3f}")  # fmt: skip
+    print("\nCPU milliseconds per request at concurrency 16, by part of the serving path:")
+    for name, r in results.items():
+        parts = sorted(r["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])
+        total = sum(v for _, v in parts)
+        print(f"{name:46} total {total:6.1f}: " + ", ".join(f"{p} {v:.1f}" for p, v in parts if v >= 0.05))
+    print(f"\nCPU used with no request (cores, over {IDLE_S} s, after waiting for the stack to settle):")
+    for name, r in results.items():
+        parts = sorted(r["idle_cores"].items(), key=lambda kv: -kv[1])
+        print(f"{name:46} settled in {r['settled_s']:5.1f} s; total {sum(v for _, v in parts):5.3f}: "
+              + ", ".join(f"{p} {v:.3f}" for p, v in parts if v >= 0.002))  # fmt: skip
     base = results.get("vLLM OpenAI server")
     for name in (OURS, TENANT, QUOTAS, SEPARATE, PYTHON_PROXY):
         ours = results.get(name)
