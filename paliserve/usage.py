@@ -154,11 +154,9 @@ def _cell(name: str, value) -> str:
     if value is None:
         return "-"
     if name == "engine_seconds":
-        return f"{value:.2f}"
-    if name == "gpu_hours":
+        return f"{value:.3f}"
+    if name in ("gpu_hours", "cost"):
         return f"{value:.6f}"
-    if name == "cost":
-        return f"{value:.4f}"
     return str(value)
 
 

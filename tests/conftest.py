@@ -46,6 +46,9 @@ TEST_TENANTS = {
     "flood": ("sk-test-flood", ["tiny-paligemma"], [], {}, 1.0, 2000),
     "metered": ("sk-test-metered", ["tiny-paligemma"], [], {}, 1.0, 2000),
     "tight": ("sk-test-tight", ["tiny-paligemma"], [], {}, 1.0, 500),  # overload: must be refused early
+    # usage showback (tests/tenancy/test_usage.py): no other test sends as them, so their counts are exact
+    "showback-a": ("sk-test-showback-a", ["tiny-paligemma"], [], {}, 1.0, 2000),
+    "showback-b": ("sk-test-showback-b", ["tiny-paligemma"], [], {}, 1.0, 2000),
 }
 # The load-test engine tests (tests/loadtests) write plans whose tenants have no key hashes and
 # run against this stack, which now requires keys: they send the local key.
