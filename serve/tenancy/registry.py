@@ -44,6 +44,7 @@ from paliserve.spec import NAME, SHA256_HEX, TenantPlan
 
 logger = logging.getLogger("paliserve.tenancy")
 
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 TENANTS_DIR_ENV = "PALISERVE_TENANTS_DIR"
 STATUS_DIR_ENV = "PALISERVE_TENANTS_STATUS_DIR"
 KEYS_DIR = "tenant-keys"  # the Secret's mount under the root
@@ -51,7 +52,7 @@ CONFIG_DIR = "tenants"  # the ConfigMap's mount under the root
 CONFIG_FILE = "tenants.yaml"  # the ConfigMap's key
 DATA_LINK = "..data"  # kubelet's atomic-writer link; `write_tenant_dir` uses the same scheme
 POLL_INTERVAL_S = 1.0
-MAX_FILE_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 20  # Kubernetes' own cap on a ConfigMap or Secret
 MAX_KEY_FILES = 10_000
 # What the runtime enforces of a tenant; the rest of a TenantPlan (workload, predictions) is the
 # planner's and does not change what a request may do.
@@ -243,7 +244,7 @@ def parse_tenants(config: str, keys: dict[str, str]) -> list[TenantPlan]:
     line): what a replica reads, and what `k8s/validate.py` checks the rendered ConfigMap and
     Secret with. Raises TenantSetInvalid."""
     try:
-        data = yaml.safe_load(config)
+        data = yaml.load(config, Loader=SafeLoader)
     except yaml.YAMLError as exc:
         raise TenantSetInvalid([f"{CONFIG_FILE}: not valid YAML ({type(exc).__name__})"]) from None
     entries = (data or {}).get("tenants") if isinstance(data, dict) else None
@@ -305,14 +306,23 @@ class DirectoryWatcher:
         self._seen: tuple | None = None
 
     def signature(self) -> tuple:
-        paths = [self.root / CONFIG_DIR / CONFIG_FILE, *_key_files(self.root / KEYS_DIR)]
+        """What changes when the set may have: kubelet's (and `write_tenant_dir`'s) `..data`
+        link target, one readlink per volume; per-file stats only for a plain directory."""
+        top = self.root / DATA_LINK
+        if top.is_symlink():
+            return (("", os.readlink(top)),)
         entries = []
-        for path in paths:
-            try:
-                st = os.stat(path)  # follows kubelet's links to the file itself
-            except FileNotFoundError:
+        for sub in (KEYS_DIR, CONFIG_DIR):
+            volume = self.root / sub
+            if (volume / DATA_LINK).is_symlink():
+                entries.append((sub, os.readlink(volume / DATA_LINK)))
                 continue
-            entries.append((path.name, os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size))
+            for path in [volume / CONFIG_FILE] if sub == CONFIG_DIR else _key_files(volume):
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                entries.append((sub, path.name, st.st_ino, st.st_mtime_ns, st.st_size))
         return tuple(entries)
 
     def changed(self) -> bool:

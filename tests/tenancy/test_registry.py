@@ -278,7 +278,7 @@ def test_the_watch_applies_a_change_within_its_interval(tmp_path):
 
 def test_a_ticket_admitted_before_a_change_finishes_on_the_state_it_had():
     plan = cpu_plan()
-    tenancy = tenancy_for(plan)
+    tenancy = tenancy_for(plan, quotas=None)  # no limits here: nothing for a quota store to do
     tenancy.update_tenants([tenant("alice", "sk-a", weight=1.0)])
     gate = tenancy.gates[MODEL]
 
