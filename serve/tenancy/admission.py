@@ -12,6 +12,7 @@ from paliserve.spec import AdapterPlan, TenantPlan
 from serve.errors import APIError, Overloaded, RateLimited, retry_after
 from serve.tenancy.access import Catalog, Target
 from serve.tenancy.fairness import FairGate
+from serve.tenancy.fairshare import SharedCounters
 from serve.tenancy.identity import TenantDirectory
 from serve.tenancy.metrics import TenantMetrics
 from serve.tenancy.quotas import QuotaStore, QuotaUnavailable
@@ -94,6 +95,7 @@ class Tenancy:
         self.metrics = TenantMetrics()
         self._in_flight: dict[tuple, int] = {}
         self._settling: set[asyncio.Task] = set()
+        self._sharing: asyncio.Task | None = None  # fair-share counters shared through the store
 
     def update_tenants(self, tenants: list[TenantPlan]) -> None:
         """Serve `tenants` from the next request on (live changes: serve/tenancy/registry.py).
@@ -133,6 +135,8 @@ class Tenancy:
         """Quota first (cheap refusals never wait), then a fair slot at the engines. `received`:
         when the request reached the replica (default: now)."""
         received = received if received is not None else time.monotonic()
+        if self._sharing is None and self.quotas is not None:  # started in the replica's event loop
+            self._sharing = asyncio.get_running_loop().create_task(SharedCounters(self.quotas.redis, self.gates).run())
         quota_id = await self._take_quota(tenant, target) if self.limited(tenant) else None
         ticket = Ticket(self, tenant, target, estimate, received, quota_id=quota_id)
         gate, tags = self.gates[target.model], ticket.tags

@@ -50,15 +50,27 @@ class VirtualTokenCounters:
 
     counters: dict[str, float] = field(default_factory=dict)
     queues: dict[str, deque] = field(default_factory=dict)
+    # Other ingress replicas' service, in counter units (tokens / weight), from the shared
+    # counters (serve/tenancy/fairshare.py): a tenant served elsewhere waits behind one that was
+    # not, so the cluster's shares follow the weights however arrivals spread over replicas.
+    elsewhere: dict[str, float] = field(default_factory=dict)
+    unsynced: dict[str, float] = field(default_factory=dict)  # tokens served here, not yet shared
+    synced: dict[str, float] = field(default_factory=dict)  # tokens served here and shared
+    weights: dict[str, float] = field(default_factory=dict)  # last weight seen per tenant
     _seq: itertools.count = field(default_factory=itertools.count)
     _last_served: float = 0.0
 
+    def counter(self, tenant: str) -> float:
+        """The tenant's counter as the choice sees it: here plus elsewhere."""
+        return self.counters.get(tenant, 0.0) + self.elsewhere.get(tenant, 0.0)
+
     def enqueue(self, tenant: str, weight: float, cost: int, item: Any) -> None:
         queue = self.queues.setdefault(tenant, deque())
+        self.weights[tenant] = weight
         if not queue:
-            backlogged = [self.counters[t] for t, q in self.queues.items() if q and t != tenant]
+            backlogged = [self.counter(t) for t, q in self.queues.items() if q and t != tenant]
             floor = min(backlogged) if backlogged else self._last_served
-            self.counters[tenant] = max(self.counters.get(tenant, 0.0), floor)
+            self.counters[tenant] = max(self.counters.get(tenant, 0.0), floor - self.elsewhere.get(tenant, 0.0))
         queue.append(_Waiter(tenant, weight, cost, item, next(self._seq)))
 
     def pop(self) -> _Waiter | None:
@@ -66,14 +78,35 @@ class VirtualTokenCounters:
         heads = [q[0] for q in self.queues.values() if q]
         if not heads:
             return None
-        chosen = min(heads, key=lambda w: (self.counters[w.tenant], w.seq))
+        chosen = min(heads, key=lambda w: (self.counter(w.tenant), w.seq))
         self.queues[chosen.tenant].popleft()
         self.charge(chosen.tenant, chosen.weight, chosen.cost)
-        self._last_served = self.counters[chosen.tenant]
+        self._last_served = self.counter(chosen.tenant)
         return chosen
 
     def charge(self, tenant: str, weight: float, tokens: float) -> None:
         self.counters[tenant] = self.counters.get(tenant, 0.0) + tokens / weight
+        self.unsynced[tenant] = self.unsynced.get(tenant, 0.0) + tokens
+        self.weights[tenant] = weight
+
+    def take_unsynced(self) -> dict[str, float]:
+        """The tokens served here since the last call, to add to the shared counters."""
+        taken, self.unsynced = self.unsynced, {}
+        return taken
+
+    def merge(self, shared: dict[str, float], added: dict[str, float]) -> None:
+        """`added` reached the shared counters, whose totals (every replica's tokens per tenant)
+        are now `shared`: what other replicas served becomes `elsewhere`."""
+        for tenant, tokens in added.items():
+            self.synced[tenant] = self.synced.get(tenant, 0.0) + tokens
+        for tenant, total in shared.items():
+            others = max(0.0, total - self.synced.get(tenant, 0.0))  # an expired hash: nothing elsewhere
+            self.elsewhere[tenant] = others / self.weights.get(tenant, 1.0)
+
+    def unshared(self, deltas: dict[str, float]) -> None:
+        """`deltas` could not be added to the shared counters: keep them for the next try."""
+        for tenant, tokens in deltas.items():
+            self.unsynced[tenant] = self.unsynced.get(tenant, 0.0) + tokens
 
     def remove(self, item: Any) -> bool:
         for queue in self.queues.values():

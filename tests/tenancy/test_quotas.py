@@ -241,3 +241,27 @@ def test_two_gateway_processes_share_one_exact_limit(redis_server):
     print(f"\nrequests_per_min={limit}, 2 processes x {attempts} attempts: admitted {admitted} = {sum(admitted)}")
     assert sum(admitted) == limit
     assert all(a > 0 for a in admitted)
+
+
+def test_fair_share_counters_are_shared_through_the_store(redis_server):
+    """Two replicas' gates add what they served to one hash per model and read the totals back:
+    each sees the other's service as `elsewhere` (tokens / weight)."""
+    from serve.tenancy.fairness import FairGate
+    from serve.tenancy.fairshare import SharedCounters
+
+    async def scenario():
+        store = QuotaStore(redis_server.url, Path(redis_server.password_file).read_text())
+        await store.redis.flushdb()
+        gates = [{"m": FairGate(4)}, {"m": FairGate(4)}]
+        sharing = [SharedCounters(store.redis, g) for g in gates]
+        gates[0]["m"].vtc.charge("a", 2.0, 300)
+        gates[1]["m"].vtc.charge("a", 2.0, 100)
+        gates[1]["m"].vtc.charge("b", 1.0, 50)
+        for s in sharing + sharing:  # two rounds: each replica sees the other's first round
+            await s.sync_once()
+        await store.aclose()
+        return [g["m"].vtc.elsewhere for g in gates]
+
+    first, second = asyncio.run(scenario())
+    assert first == {"a": pytest.approx(100 / 2), "b": pytest.approx(50)}
+    assert second == {"a": pytest.approx(300 / 2), "b": 0.0}
