@@ -22,6 +22,7 @@ Time is Redis's own clock (`TIME`), so gateways with skewed clocks agree.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import secrets
@@ -144,9 +145,12 @@ def _message(limit: str, tenant: str, limits: TenantLimits, usage: int) -> str:
     return f"Tenant '{tenant}' used {usage} of its {limits.tokens_per_min} tokens per minute (tokens_per_min)."
 
 
-def keys(tenant: str) -> dict[str, str]:
+@functools.lru_cache(maxsize=65536)
+def keys(tenant: str) -> dict[str, list[str]]:
+    """The KEYS of each script for `tenant` (cached: built once per tenant)."""
     base = f"{KEY_PREFIX}{{{tenant}}}:"
-    return {name: base + name for name in ("req", "tok", "toksum", "conc")}
+    return {"acquire": [base + "req", base + "tok", base + "toksum", base + "conc"],
+            "settle": [base + "tok", base + "toksum", base + "conc"]}
 
 
 class QuotaStore:
@@ -207,7 +211,7 @@ class QuotaStore:
             _limit(limits.requests_per_min), _limit(limits.tokens_per_min), _limit(limits.max_concurrency),
             self.lease_ms, WINDOW_S * 1000, "" if now_ms is None else now_ms,
         ]  # fmt: skip
-        reply = await self._call(self._acquire, [k["req"], k["tok"], k["toksum"], k["conc"]], args)
+        reply = await self._call(self._acquire, k["acquire"], args)
         if reply is None:
             return None
         limit, usage, retry_ms = reply
@@ -219,7 +223,7 @@ class QuotaStore:
         """A request admitted by `acquire` has ended having used `tokens` (0 if it failed early)."""
         k = keys(tenant)
         args = [request_id, int(tokens), WINDOW_S * 1000, "" if now_ms is None else now_ms]
-        await self._call(self._settle, [k["tok"], k["toksum"], k["conc"]], args, SETTLE_TIMEOUT_S)
+        await self._call(self._settle, k["settle"], args, SETTLE_TIMEOUT_S)
 
     async def _call(self, script, keys_: list[str], args: list, timeout_s: float | None = None):
         """Queue one script call for the next pipeline and wait for its reply, within the timeout.
