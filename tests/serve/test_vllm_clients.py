@@ -6,18 +6,21 @@
 - every chat option such clients send is honoured or refused with a 400 naming it, never
   dropped: `stream_options.include_usage` / `continuous_usage_stats`, `n`, `max_completion_tokens`,
   `ignore_eos`, `min_tokens` (sent by guidellm and `vllm bench serve`), unknown fields;
-- guidellm 0.8.1, unchanged (its CLI in a subprocess), for a few seconds: 0 errored requests.
+- guidellm 0.8.1, unchanged (its CLI in a subprocess), for a few seconds: 0 errored requests;
+- `vllm bench serve --backend openai-chat` with its multimodal random dataset: 0 failed requests.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import LOCAL_KEY
 from serve_helpers import AUTH, chat_body, data_url, png_bytes
 
 from paliserve import __version__
@@ -215,3 +218,24 @@ def test_guidellm_runs_unchanged_against_the_stack(url, tiny_model_dir, tmp_path
     print(f"\n[guidellm] {totals}")
     assert totals["errored"] == 0 and totals["incomplete"] == 0, totals
     assert totals["successful"] > 0, totals
+
+
+def test_vllm_bench_serve_runs_unchanged_against_the_stack(url, tiny_model_dir):
+    """vLLM's own benchmark client (`vllm bench serve --backend openai-chat`, random images: its
+    text datasets send no image, which PaliGemma refuses). It sends the key from OPENAI_API_KEY
+    with each request but not when it asks `/v1/models` for a model (a keyed vLLM server would
+    refuse that too), so the model is named; it sends `ignore_eos` and `stream_options`."""
+    cmd = [
+        sys.executable, str(Path(__file__).with_name("vllm_cli.py")), "bench", "serve",
+        "--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions", "--model", "tiny-paligemma",
+        "--tokenizer", str(tiny_model_dir), "--dataset-name", "random-mm", "--num-prompts", "16",
+        "--random-input-len", "8", "--random-output-len", "8", "--random-mm-base-items-per-request", "1",
+        "--random-mm-num-mm-items-range-ratio", "0", "--random-mm-limit-mm-per-prompt", '{"image": 1, "video": 0}',
+        "--random-mm-bucket-config", "{(32, 32, 1): 1.0}", "--temperature", "0", "--max-concurrency", "2",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OPENAI_API_KEY": LOCAL_KEY})
+    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
+    lines = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in run.stdout.splitlines()) if v}
+    print(f"\n[vllm bench] successful {lines.get('Successful requests')}, failed {lines.get('Failed requests')}")
+    assert lines.get("Successful requests") == "16" and lines.get("Failed requests") == "0", run.stdout[-2000:]
+    assert lines.get("Total generated tokens") == str(16 * 8), run.stdout[-2000:]  # ignore_eos honoured
