@@ -61,7 +61,8 @@ def rows(figures: dict[str, dict[str, int]], faults) -> list[tuple[str, str, str
     for f in faults:
         recovery = "" if f.recovery_s is None else f", 200s again after {f.recovery_s:.1f} s"
         statuses = ", ".join(f"{k}: {v}" for k, v in f.statuses.items())
-        out.append(("fault", f.scenario, str(f.sent), f"{f.failed} failed ({statuses}){recovery}", f.hung))
+        notes = f"; {f.notes}" if f.last_failure_s is not None else ""  # the dead-engine rows: out of rotation, replaced
+        out.append(("fault", f.scenario, str(f.sent), f"{f.failed} failed ({statuses}){recovery}{notes}", f.hung))
     for name, c in figures.items():
         if name.startswith("overload"):
             continue
