@@ -4,6 +4,7 @@ cluster's quota store) and a fair-queue slot, and, when the request ends, settle
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -94,7 +95,6 @@ class Tenancy:
         self.quotas = quotas  # None: no store configured (limited tenants then get 503)
         self.metrics = TenantMetrics()
         self._in_flight: dict[tuple, int] = {}
-        self._settling: set[asyncio.Task] = set()
         self._sharing: asyncio.Task | None = None  # fair-share counters shared through the store
 
     def update_tenants(self, tenants: list[TenantPlan]) -> None:
@@ -186,26 +186,23 @@ class Tenancy:
         if ticket.quota_id is not None:
             self._settle_quota(ticket.tenant, ticket.quota_id, tokens)
 
-    def _settle_quota(self, tenant: TenantPlan, quota_id: str, tokens: int) -> None:
-        """Settled in the background: the response need not wait for the bookkeeping."""
+    def _settle_quota(self, tenant: TenantPlan, quota_id: str, tokens: int, attempt: int = 0) -> None:
+        """Queued for the store's next pipeline: the response need not wait for the bookkeeping.
+        Tried 3 times; a request never settled still frees its concurrency slot when its lease
+        lapses (serve/tenancy/quotas.py), but its tokens are not counted."""
         try:
-            task = asyncio.get_running_loop().create_task(self._settle(tenant.name, quota_id, tokens))
+            reply = self.quotas.settle_soon(tenant.name, quota_id, tokens)
         except RuntimeError:  # no loop (a ticket collected at shutdown): nothing left to settle with
             logger.warning("could not settle the quota of %s: no event loop", tenant.name)
             return
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        reply.add_done_callback(functools.partial(self._settled, tenant, quota_id, tokens, attempt))
 
-    async def _settle(self, tenant: str, quota_id: str, tokens: int) -> None:
-        """Retried a few times; a request never settled still frees its concurrency slot when its
-        lease lapses (serve/tenancy/quotas.py), but its tokens are not counted."""
-        for attempt in range(3):
-            try:
-                await self.quotas.settle(tenant, quota_id, tokens)
-                return
-            except QuotaUnavailable as exc:
-                logger.warning("settling quota of %s failed (attempt %d): %s", tenant, attempt + 1, exc)
-                await asyncio.sleep(0.5 * (attempt + 1))
+    def _settled(self, tenant: TenantPlan, quota_id: str, tokens: int, attempt: int, reply: asyncio.Future) -> None:
+        if reply.cancelled() or reply.exception() is None:
+            return
+        logger.warning("settling quota of %s failed (attempt %d): %s", tenant.name, attempt + 1, reply.exception())
+        if attempt < 2:
+            asyncio.get_running_loop().call_later(0.5 * (attempt + 1), self._settle_quota, tenant, quota_id, tokens, attempt + 1)
 
     @staticmethod
     def _ttft_slo_s(tenant: TenantPlan | None) -> float | None:

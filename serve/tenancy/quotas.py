@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ CONCURRENCY_RETRY_S = 1.0
 # hold every request for seconds.
 STORE_TIMEOUT_S = 0.5
 SETTLE_TIMEOUT_S = 5.0  # settling runs after the response: no client waits on it
-# Calls are sent in pipelines (QuotaStore._call): at most this many in
+# Calls are sent in pipelines (QuotaStore._submit): at most this many in
 # flight per gateway replica, each carrying up to MAX_BATCH script calls.
 PIPELINES = 4
 MAX_BATCH = 256
@@ -174,6 +175,7 @@ class QuotaStore:
         # One connection per pipeline in flight (and one for loading scripts).
         pool = aioredis.BlockingConnectionPool.from_url(
             url, password=password, socket_timeout=SETTLE_TIMEOUT_S, socket_connect_timeout=timeout_s,
+            # reads in `_send` are bounded once per pipeline, not once per reply (see there)
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), health_check_interval=0,
             max_connections=PIPELINES + 1, timeout=SETTLE_TIMEOUT_S,
         )  # fmt: skip
@@ -211,7 +213,7 @@ class QuotaStore:
             _limit(limits.requests_per_min), _limit(limits.tokens_per_min), _limit(limits.max_concurrency),
             self.lease_ms, WINDOW_S * 1000, "" if now_ms is None else now_ms,
         ]  # fmt: skip
-        reply = await self._call(self._acquire, k["acquire"], args)
+        reply = await self._submit(self._acquire, k["acquire"], args, self.timeout_s)
         if reply is None:
             return None
         limit, usage, retry_ms = reply
@@ -219,15 +221,16 @@ class QuotaStore:
         retry_s = CONCURRENCY_RETRY_S if limit == "max_concurrency" else max(0.0, retry_ms / 1000)
         return Rejection(limit, _message(limit, tenant, limits, int(usage)), retry_s)
 
-    async def settle(self, tenant: str, request_id: str, tokens: int, now_ms: float | None = None) -> None:
-        """A request admitted by `acquire` has ended having used `tokens` (0 if it failed early)."""
-        k = keys(tenant)
+    def settle_soon(self, tenant: str, request_id: str, tokens: int, now_ms: float | None = None) -> asyncio.Future:
+        """A request admitted by `acquire` has ended having used `tokens` (0 if it failed early):
+        queued for the next pipeline at once; the future says how it went (QuotaUnavailable)."""
         args = [request_id, int(tokens), WINDOW_S * 1000, "" if now_ms is None else now_ms]
-        await self._call(self._settle, k["settle"], args, SETTLE_TIMEOUT_S)
+        return self._submit(self._settle, keys(tenant)["settle"], args, SETTLE_TIMEOUT_S)
 
-    async def _call(self, script, keys_: list[str], args: list, timeout_s: float | None = None):
-        """Queue one script call for the next pipeline and wait for its reply, within the timeout.
-        A call that times out may still run in Redis (its lease then lapses on its own)."""
+    def _submit(self, script, keys_: list[str], args: list, timeout_s: float) -> asyncio.Future:
+        """Queue one script call for the next pipeline; its reply future fails with
+        QuotaUnavailable after `timeout_s`. A call that times out may still run in Redis (its
+        lease then lapses on its own)."""
         loop = asyncio.get_running_loop()
         reply = loop.create_future()
         self._pending.append((script, keys_, args, reply))
@@ -236,11 +239,9 @@ class QuotaStore:
             task = loop.create_task(self._pipeline())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        timer = loop.call_later(timeout_s or self.timeout_s, _expire, reply)
-        try:
-            return await reply
-        finally:
-            timer.cancel()
+        timer = loop.call_later(timeout_s, _expire, reply)
+        reply.add_done_callback(lambda _, timer=timer: timer.cancel())
+        return reply
 
     async def _pipeline(self) -> None:
         """Send what is queued as one pipeline (one round trip for every call waiting), again
@@ -265,11 +266,12 @@ class QuotaStore:
         try:
             await conn.send_packed_command(b"".join(_evalsha(s.sha, k, a) for s, k, a, _ in batch), check_health=False)
             replies = []
-            for _ in batch:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as error:  # an error reply: the stream is still in step
-                    replies.append(error)
+            async with asyncio.timeout(SETTLE_TIMEOUT_S):  # one timer for the whole pipeline's replies
+                for _ in batch:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as error:  # an error reply: the stream is still in step
+                        replies.append(error)
         except (TimeoutError, OSError, RedisError) as exc:
             await conn.disconnect()
             if retry and isinstance(exc, (RedisConnectionError, ConnectionError)):  # a connection from

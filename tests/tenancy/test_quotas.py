@@ -51,7 +51,10 @@ class Ledger:
 
     def settle(self, tenant: str, tokens: int, now: float) -> None:
         """The oldest request still in flight ends having used `tokens`."""
-        self.run(self.store.settle(tenant, self.ids[tenant].pop(0), tokens, now_ms=T0 + now * 1000))
+        async def settle():
+            await self.store.settle_soon(tenant, self.ids[tenant].pop(0), tokens, now_ms=T0 + now * 1000)
+
+        self.run(settle())
 
     def close(self):
         self.run(self.store.aclose())
