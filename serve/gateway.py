@@ -304,10 +304,6 @@ class Gateway:
         """Serve's `user_config` hook: the plan's tenants, applied in place (no restart)."""
         await self.tenant_feed.configure(config)
 
-    async def tenant_status(self) -> dict:
-        """The tenant set this replica serves: version, source, tenants without keys (Serve handle only)."""
-        return self.tenant_feed.status()
-
     # ---- shared steps ---------------------------------------------------------------------
 
     def _engine(self, target: Target):
