@@ -50,6 +50,29 @@ def tiny_model(
     console.print(f"wrote tiny PaliGemma to [bold]{path}[/]")
 
 
+@app.command("random-checkpoint")
+def random_checkpoint(
+    model: Annotated[str, typer.Argument(help="Catalog id, e.g. paligemma-3b-pt-224 or paligemma2-10b-mix-448.")],
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a deterministic random-weight checkpoint with a catalog model's exact architecture
+    (hub key names, sharded safetensors, the real tokenizer layout), tensor by tensor."""
+    import time
+
+    from paliserve.random_checkpoint import write_random_checkpoint
+
+    started = time.monotonic()
+    try:
+        path = write_random_checkpoint(model, out_dir, dtype=dtype, seed=seed,
+                                       say=lambda line: console.print(line, markup=False, highlight=False))  # fmt: skip
+    except ValueError as exc:
+        _error(f"error: {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote random {model} ({dtype}) to [bold]{path}[/] in {time.monotonic() - started:.0f} s")
+
+
 @app.command("profile-endpoint")
 def profile_endpoint(
     plan: Annotated[Path, typer.Argument(help="The plan the endpoint serves (one replica of the profile's model).")],

@@ -8,6 +8,7 @@ vLLM load it; weights are written under the hub's key names, which vLLM requires
 
 from __future__ import annotations
 
+import itertools
 import json
 import string
 from pathlib import Path
@@ -24,30 +25,38 @@ MARKER_FILE = "paliserve-tiny.json"
 PROCESSOR_ADDED_TOKENS = 1 + 1024 + 128  # <image>, <locNNNN>, <segNNN>
 
 
-def _base_vocab() -> dict[str, int]:
-    """Special tokens, the 256 byte-fallback tokens, single printable characters, then
-    two-letter word pieces filling the vocabulary so every id the model can emit decodes."""
+def _base_vocab(size: int = TEXT_VOCAB_SIZE - PROCESSOR_ADDED_TOKENS, tail: list[str] | tuple = ()) -> dict[str, int]:
+    """Special tokens, the 256 byte-fallback tokens, single printable characters, then word
+    pieces (two letters, then three, then four) filling `size` ids so every id the model can
+    emit decodes; `tail` follows at ids `size` and up."""
     tokens = list(SPECIAL_TOKENS)
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     chars = "▁" + string.ascii_letters + string.digits + string.punctuation + "\n"
     tokens += [c for c in chars if c not in tokens]
-    pieces = (f"▁{a}{b}" for a in string.ascii_lowercase for b in string.ascii_lowercase)
-    while len(tokens) < TEXT_VOCAB_SIZE - PROCESSOR_ADDED_TOKENS:
+    pieces = (
+        "▁" + "".join(letters)
+        for n in (2, 3, 4)
+        for letters in itertools.product(string.ascii_lowercase, repeat=n)
+    )
+    while len(tokens) < size:
         tokens.append(next(pieces))
+    tokens += list(tail)
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def _build_processor():
+def _build_processor(image_size: int = IMAGE_SIZE, image_tokens: int = IMAGE_TOKENS, vocab: dict[str, int] | None = None):
+    """The PaliGemma processor over `vocab` (default: the tiny one). The processor adds
+    `<image>`, `<loc…>` and `<seg…>` as added tokens, reusing their ids where `vocab` has them."""
     from transformers import GemmaTokenizer, PaliGemmaProcessor, SiglipImageProcessor
 
-    tokenizer = GemmaTokenizer(vocab=_base_vocab(), merges=[])
+    tokenizer = GemmaTokenizer(vocab=vocab if vocab is not None else _base_vocab(), merges=[])
     image_processor = SiglipImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
         resample=3,
     )
-    image_processor.image_seq_length = IMAGE_TOKENS
+    image_processor.image_seq_length = image_tokens
     return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
