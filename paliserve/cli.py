@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import signal
 import sys
 import threading
@@ -172,7 +173,11 @@ def up(
         # where the Serve controller's autoscaling policy (and Ray's dashboard) find Prometheus
         env={**_startup_retry_env(), **({"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else {})},
     )
-    quota_store = _local_quota_store(serving_plan, cluster.temp_dir)
+    try:
+        quota_store = _local_quota_store(serving_plan, cluster.temp_dir)
+    except typer.Exit:  # nothing started: leave no temp dir behind
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+        raise
     if quota_store is not None:  # the gateways find it (and its password file) in their environment
         cluster.env.update(quota_store.configure().env())
     # the gateways follow a tenants directory in the cluster's temp dir (`paliserve tenants apply`)
