@@ -1,7 +1,8 @@
 """Checks of a plan's local checkpoints that need no engine: run before any process is started.
 
 What is checked is what makes an engine fail only after Ray, Serve and vLLM have started: a
-missing directory, a config.json that is not a JSON object with a `model_type`, no weight
+missing directory, a config.json that is not a JSON object with a `model_type` or that names no
+generative architecture (vLLM would serve a pooling model that refuses generation), no weight
 files, and safetensors files whose header is unreadable or whose tensors run past the end of
 the file (truncated downloads). Hub ids that are not local paths are left to the engine.
 """
@@ -15,6 +16,11 @@ from pathlib import Path
 from paliserve.spec import Plan
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+# Architecture-name suffixes vLLM runs as generative models (vllm/config/model.py
+# `_SUFFIX_TO_DEFAULTS`); any other name, or none, resolves to a pooling model, which loads and
+# then refuses every generation request ("This model does not support generation").
+GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ChatModel", "LMHeadModel")
+KNOWN_ARCHITECTURES = {"paligemma": "PaliGemmaForConditionalGeneration"}
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
@@ -69,6 +75,28 @@ def _check_config(model: str, path: Path) -> None:
         raise CheckpointError(model, f"config.json is not valid JSON: {exc}") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise CheckpointError(model, "config.json is not a model config (no model_type)")
+    _check_architectures(model, config)
+
+
+def _check_architectures(model: str, config: dict) -> None:
+    architectures = config.get("architectures")
+    expected = KNOWN_ARCHITECTURES.get(config["model_type"])
+    fix = (f'add "architectures": ["{expected}"] to config.json' if expected
+           else f"config.json needs an architecture ending in {' or '.join(GENERATIVE_SUFFIXES)}")  # fmt: skip
+    if not architectures:
+        raise CheckpointError(
+            model, f"config.json has no `architectures`: vLLM would load it as a pooling model that refuses "
+            f"generation; {fix}"
+        )  # fmt: skip
+    if isinstance(architectures, str):
+        architectures = [architectures]
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise CheckpointError(model, f"config.json `architectures` is not a list of names: {architectures!r}")
+    if not any(a.endswith(GENERATIVE_SUFFIXES) for a in architectures):
+        raise CheckpointError(
+            model, f"config.json's architectures {architectures} are not generative: vLLM would serve them as a "
+            f"pooling model that refuses generation; {fix}"
+        )  # fmt: skip
 
 
 def _check_index(model: str, root: Path) -> None:
