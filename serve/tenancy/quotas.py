@@ -166,7 +166,6 @@ class QuotaStore:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        self.url = url
         self.timeout_s = timeout_s
         self.lease_ms = lease_s * 1000
         # One immediate retry, on a broken connection only (here and in `_send`): after the store
@@ -174,8 +173,8 @@ class QuotaStore:
         # refused for it. Never on a timeout (the script may have run): the caller answers 503.
         # One connection per pipeline in flight (and one for loading scripts).
         pool = aioredis.BlockingConnectionPool.from_url(
+            # (reads in `_send` are bounded once per pipeline, not by the socket timeout per reply)
             url, password=password, socket_timeout=SETTLE_TIMEOUT_S, socket_connect_timeout=timeout_s,
-            # reads in `_send` are bounded once per pipeline, not once per reply (see there)
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), health_check_interval=0,
             max_connections=PIPELINES + 1, timeout=SETTLE_TIMEOUT_S,
         )  # fmt: skip
@@ -189,16 +188,15 @@ class QuotaStore:
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **kwargs) -> QuotaStore | None:
+    def from_env(cls, **kwargs) -> QuotaStore | None:
         """The store named by `PALISERVE_QUOTA_STORE_URL` (password: `PALISERVE_QUOTA_STORE_PASSWORD`
         or the file `PALISERVE_QUOTA_STORE_PASSWORD_FILE`), or None when none is configured."""
-        env = os.environ if environ is None else environ
-        url = env.get(URL_ENV)
+        url = os.environ.get(URL_ENV)
         if not url:
             return None
-        password = env.get(PASSWORD_ENV)
-        if password is None and env.get(PASSWORD_FILE_ENV):
-            password = Path(env[PASSWORD_FILE_ENV]).read_text().strip()
+        password = os.environ.get(PASSWORD_ENV)
+        if password is None and os.environ.get(PASSWORD_FILE_ENV):
+            password = Path(os.environ[PASSWORD_FILE_ENV]).read_text().strip()
         return cls(url, password, **kwargs)
 
     def new_id(self) -> str:

@@ -314,3 +314,23 @@ def test_two_gateways_share_the_engines_by_weight_under_skew(redis_server):
     share = asyncio.run(scenario())
     print(f"\na's share with counters shared across 2 gateways (weights 1:1, a on one gateway only): {share:.3f}")
     assert share == pytest.approx(0.5, rel=0.10)
+
+
+def test_the_gateway_finds_the_store_in_its_environment(redis_server, monkeypatch):
+    """What `paliserve up` gives the cluster's processes (RedisInfo.env) is what the gateway reads."""
+    from serve.tenancy.quotas import PASSWORD_ENV, PASSWORD_FILE_ENV, URL_ENV
+
+    for name in (URL_ENV, PASSWORD_ENV, PASSWORD_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert QuotaStore.from_env() is None
+    for name, value in redis_server.env().items():
+        monkeypatch.setenv(name, value)
+
+    async def scenario():
+        store = QuotaStore.from_env(lease_s=5)
+        try:
+            return await store.acquire("env", TenantLimits(requests_per_min=1), store.new_id())
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(scenario()) is None  # authenticated with the password file, and admitted
