@@ -1,7 +1,8 @@
 """Faults under load on one cluster of its own (two replicas of the tiny model, one gateway,
 HAProxy in front):
-a killed engine replica, a killed gateway replica, then drains: scale-down from 2 to 1 and a
-redeploy with streams in flight. Every client call has a timeout; a failure must be a 5xx with
+a killed engine replica, a killed vLLM EngineCore process under an engine replica, a killed
+gateway replica, then drains: scale-down from 2 to 1 and a redeploy with streams in flight; last,
+the application redeployed colocated (two replicas) and an EngineCore process killed there. Every client call has a timeout; a failure must be a 5xx with
 a body or an error event inside a stream, never a hang. Figures are printed (run with -s).
 
 Drains hold for requests up to the gateway's request timeout because build_app gives every
