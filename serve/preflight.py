@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from paliserve.spec import Plan
@@ -133,3 +134,164 @@ def _check_safetensors(model: str, path: Path) -> None:
         raise CheckpointError(
             model, f"{path.name} is truncated or corrupt: its header needs {8 + header_len + end} bytes, the file has {size}"
         )
+
+
+# --- memory: refuse a plan this machine cannot hold, before anything is loaded ------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The memory figures the check compares with (psutil's for this machine, or given by a test)."""
+
+    ram_total: int
+    ram_available: int
+    gpu_memory: int | None = None  # bytes of one GPU
+    cpu_bf16: bool = False
+
+    @classmethod
+    def here(cls) -> Machine:
+        import psutil
+
+        from paliserve.local import cpu_supports_bf16
+
+        vm = psutil.virtual_memory()
+        gpu = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                gpu = torch.cuda.get_device_properties(0).total_memory
+        except Exception:
+            gpu = None
+        return cls(ram_total=vm.total, ram_available=vm.available, gpu_memory=gpu, cpu_bf16=cpu_supports_bf16())
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _architecture(model: str):
+    """The Architecture of a local checkpoint or a catalog id; None when neither (left to the engine)."""
+    from autoscale.catalog import architecture_of, model_from_id
+    from autoscale.loading import architecture_from_config
+    from paliserve.spec import Architecture
+
+    if looks_local(model):
+        config = json.loads((Path(model).expanduser() / "config.json").read_text())
+        try:
+            return Architecture.model_validate(architecture_from_config(config, model)), config
+        except Exception:
+            return None, config
+    try:
+        return architecture_of(model_from_id(model)), {}
+    except ValueError:
+        return None, {}
+
+
+def _resolved_dtype(dtype: str, config: dict) -> str:
+    if dtype != "auto":
+        return dtype
+    found = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    return found if found in ("bfloat16", "float16", "float32") else "bfloat16"
+
+
+def check_memory(plan: Plan, machine: Machine) -> list[str]:
+    """Why this machine cannot hold `plan` by the planner's memory model (autoscale/memory.py), each
+    reason naming the numbers and the nearest change that fits; empty when it can."""
+    from autoscale.memory import CPU_DEFAULT_KV_GIB, GIB, cpu_serving_memory, gpu_serving_memory
+
+    problems: list[str] = []
+    cpu_engines, cpu_stack, cpu_parts = 0, 0, []
+    for deployment in plan.deployments:
+        args = deployment.engine_args
+        arch, config = _architecture(args.model)
+        if arch is None:
+            continue
+        dtype = _resolved_dtype(args.dtype, config)
+        replicas = max(deployment.replicas.initial, deployment.replicas.min, 1)
+        batched = args.max_num_batched_tokens or max(2048, arch.vision.image_tokens + 64)
+        name = deployment.model_name
+        if deployment.device == "cpu":
+            kv_gib = float(deployment.env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_DEFAULT_KV_GIB)
+
+            def need(dtype=dtype, kv_gib=kv_gib):
+                return cpu_serving_memory(arch, dtype, int(kv_gib * GIB), batched, args.max_num_seqs)
+
+            mem = need()
+            cpu_engines += replicas * mem.engine
+            cpu_stack = max(cpu_stack, mem.stack)
+            cpu_parts.append((name, replicas, dtype, kv_gib, mem, need))
+        elif machine.gpu_memory:
+            tp = args.tensor_parallel_size
+            limit = machine.gpu_memory * args.gpu_memory_utilization
+
+            def gneed(dtype=dtype, max_model_len=args.max_model_len):
+                return gpu_serving_memory(arch, dtype, max_model_len, batched, args.max_num_seqs, tp,
+                                          args.enforce_eager, args.quantization or "none")  # fmt: skip
+
+            mem = gneed()
+            if mem.engine > limit:
+                fix = _nearest_gpu_change(dtype, args.max_model_len, limit, gneed)
+                problems.append(
+                    f"{name} needs {_gib(mem.engine)} per GPU ({mem.describe()}) and gpu_memory_utilization "
+                    f"{args.gpu_memory_utilization} of this GPU's {_gib(machine.gpu_memory)} is {_gib(limit)}; {fix}"
+                )  # fmt: skip
+    if cpu_parts:
+        total = cpu_engines + cpu_stack
+        over_total = total > machine.ram_total
+        over_available = cpu_engines > machine.ram_available
+        if over_total or over_available:
+            name, replicas, dtype, kv_gib, mem, need = max(cpu_parts, key=lambda p: p[1] * p[4].engine)
+            if over_total:
+                head = (f"RAM: serving needs {_gib(total)} ({name}: {mem.describe()}"
+                        f"{f', x{replicas} replicas' if replicas > 1 else ''}) and this machine has {_gib(machine.ram_total)}")  # fmt: skip
+                room = machine.ram_total - cpu_stack - (cpu_engines - replicas * mem.engine)
+            else:
+                engines = sum(p[1] for p in cpu_parts)
+                head = (f"RAM: the engine{'s need' if engines > 1 else ' needs'} {_gib(cpu_engines)} ({name}: "
+                        f"{mem.describe(stack=False)}) and {_gib(machine.ram_available)} is available now")  # fmt: skip
+                room = machine.ram_available - (cpu_engines - replicas * mem.engine)
+                if not over_total:
+                    head += f" (of {_gib(machine.ram_total)})"
+            problems.append(f"{head}; {_nearest_cpu_change(dtype, kv_gib, replicas, room, need, machine.cpu_bf16)}")
+    return problems
+
+
+def _nearest_cpu_change(dtype, kv_gib, replicas, room, need, cpu_bf16) -> str:
+    """The first change that fits `room` (bytes left for this deployment's engines): bfloat16,
+    then a smaller KV cache."""
+
+    def fits(m) -> bool:
+        return replicas * m.engine <= room
+
+    if dtype == "float32" and cpu_bf16:
+        m = need(dtype="bfloat16")
+        if fits(m):
+            return f"in bfloat16 (--dtype bfloat16; this CPU has it) it needs {_gib(m.engine)} for the engine and fits"
+    for kv in range(int(kv_gib) - 1, 0, -1):
+        m = need(kv_gib=kv)
+        if fits(m):
+            return (f"a smaller KV cache fits: VLLM_CPU_KVCACHE_SPACE={kv} (GiB, now {kv_gib:g}) needs "
+                    f"{_gib(m.engine)} for the engine")  # fmt: skip
+    if dtype == "float32" and not cpu_bf16:
+        m = need(dtype="bfloat16", kv_gib=1)
+        if fits(m):
+            return (f"bfloat16 would fit ({_gib(m.engine)} for the engine) but this CPU has no bfloat16 "
+                    f"instructions; use a machine with more RAM")  # fmt: skip
+    m = need(dtype="bfloat16" if cpu_bf16 else dtype, kv_gib=1)
+    return (f"even with {'bfloat16 and ' if cpu_bf16 else ''}a 1 GiB KV cache the engine needs {_gib(m.engine)}: "
+            f"use a machine with more RAM, or a smaller model")  # fmt: skip
+
+
+def _nearest_gpu_change(dtype, max_model_len, limit, need) -> str:
+    if dtype == "float32":
+        m = need(dtype="bfloat16")
+        if m.engine <= limit:
+            return f"in bfloat16 (--dtype bfloat16) it needs {_gib(m.engine)} and fits"
+    length = max_model_len // 2
+    while length >= 256:
+        m = need(max_model_len=length)
+        if m.engine <= limit:
+            return f"a shorter context fits: --max-model-len {length} needs {_gib(m.engine)}"
+        length //= 2
+    return "use a GPU with more memory, tensor parallelism, or quantization"
