@@ -271,7 +271,7 @@ def _nearest_cpu_change(dtype, kv_gib, replicas, room, need, cpu_bf16) -> str:
     for kv in range(int(kv_gib) - 1, 0, -1):
         m = need(kv_gib=kv)
         if fits(m):
-            return (f"a smaller KV cache fits: VLLM_CPU_KVCACHE_SPACE={kv} (GiB, now {kv_gib:g}) needs "
+            return (f"a smaller KV cache fits: VLLM_CPU_KVCACHE_SPACE={kv} in the deployment's env (GiB, now {kv_gib:g}) needs "
                     f"{_gib(m.engine)} for the engine")  # fmt: skip
     if dtype == "float32" and not cpu_bf16:
         m = need(dtype="bfloat16", kv_gib=1)

@@ -127,7 +127,7 @@ def test_what_is_available_now_counts_and_a_smaller_kv_cache_is_offered():
     # fits the machine, not what its other processes leave
     [problem] = check_memory(_plan(dtype="bfloat16", cpu_kv_cache_gib=4), Machine(24 * GIB, 10 * GIB))
     assert "RAM: the engine needs 12.5 GiB" in problem and "10.0 GiB is available now (of 24.0 GiB)" in problem
-    assert "VLLM_CPU_KVCACHE_SPACE=1 (GiB, now 4) needs 9.5 GiB for the engine" in problem
+    assert "VLLM_CPU_KVCACHE_SPACE=1 in the deployment's env (GiB, now 4) needs 9.5 GiB for the engine" in problem
     [problem] = check_memory(_plan(dtype="bfloat16"), Machine(8 * GIB, 7 * GIB, cpu_bf16=True))
     assert "use a machine with more RAM, or a smaller model" in problem
 
