@@ -27,6 +27,8 @@ import asyncio
 import hashlib
 import json
 import multiprocessing
+import queue
+import signal
 import statistics
 import sys
 import tempfile
@@ -135,7 +137,15 @@ def four_gateways(info: dict, args) -> dict:
         proc.start()
     time.sleep(3 + args.processes)  # every process imported and warmed up
     start.set()
-    runs = [json.loads(results.get(timeout=600)) for _ in procs]
+    runs = []
+    while len(runs) < len(procs):  # a process that died without a result fails the run, not hangs it
+        try:
+            runs.append(json.loads(results.get(timeout=5)))
+        except queue.Empty:
+            if sum(p.exitcode not in (None, 0) for p in procs):
+                for proc in procs:
+                    proc.kill()
+                raise RuntimeError("a gateway process failed; see its traceback above") from None
     for proc in procs:
         proc.join(30)
     timings = [t for run in runs for t in run["timings"]]
@@ -170,6 +180,7 @@ def main(args) -> None:
     from serve.cluster import free_port
     from serve.redis_server import LocalRedis, find_redis_server
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still stop redis-server below
     speed = machine_speed()
     print(f"machine-speed control: {speed:.3f} s for the fixed loop (benchmarks/_control.py; lower is faster)")
     with tempfile.TemporaryDirectory(prefix="paliserve-admission-") as temp_dir:
