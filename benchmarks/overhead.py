@@ -114,7 +114,7 @@ def _other(proc, cmdline: str) -> str:
 
 # process markers (command line or title) -> the part of the serving path it is
 PARTS = [("haproxy", "HAProxy"), ("EngineCore", "vLLM EngineCore"), ("ServeReplica", "Serve replica (gateway+engine front)"),
-         ("api_server", "vLLM API server (front end)"), ("_vllm_server", "vLLM API server (front end)")]  # fmt: skip
+         ("vllm_cli", "vLLM API server (front end)")]  # fmt: skip
 
 
 async def settle(root_pid: int | None) -> float:
@@ -230,7 +230,7 @@ async def in_process(model_dir: Path, rounds: int, seconds: float) -> dict:
 def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> dict:
     port = free_port()
     cmd = [
-        sys.executable, str(Path(__file__).with_name("_vllm_server.py")), "--model", str(model_dir),
+        sys.executable, "-m", "paliserve.vllm_cli", "serve", str(model_dir),
         "--served-model-name", "tiny-paligemma", "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3",
         "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", str(MAX_NUM_SEQS),
