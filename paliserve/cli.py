@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
+import psutil
 import typer
 import yaml
 from rich.console import Console
@@ -166,7 +167,7 @@ def up(
     from serve.preflight import check_plan
 
     existing = read_state(_state_file())
-    if existing is not None and _alive(existing.pid):
+    if existing is not None and psutil.pid_exists(existing.pid):
         console.print(f"[red]paliserve is already running at {existing.url} (pid {existing.pid}); run `paliserve down`.[/]")
         raise typer.Exit(1)
     if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
@@ -351,7 +352,7 @@ def down() -> None:
     quota_store = read_quota_store_state(_state_file())
     if quota_store is not None:
         stop_redis(quota_store)
-    if info is None or not _alive(info.pid):
+    if info is None or not psutil.pid_exists(info.pid):
         console.print("paliserve is not running")
         _state_file().unlink(missing_ok=True)
         return
@@ -364,16 +365,6 @@ def down() -> None:
     cluster.stop()
     _state_file().unlink(missing_ok=True)
     console.print("paliserve stopped")
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -11,11 +11,11 @@ set's version. No engine restarts: nothing is redeployed.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated
 
+import psutil
 import typer
 import yaml
 
@@ -152,19 +152,11 @@ def _connected_cluster(state_file: Path, say):
     from serve.cluster import connect, read_state
 
     info = read_state(state_file)
-    if info is None or not _alive(info.pid):
+    if info is None or not psutil.pid_exists(info.pid):
         say("paliserve is not running (no cluster started by `paliserve up` here)")
         raise typer.Exit(1)
     connect(info)
     return info
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def _disconnect() -> None:

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 import yaml
-from stack_helpers import MODEL, chat_body
+from stack_helpers import chat_body
 
 from conftest import PALISERVE, TEST_TENANTS
 
