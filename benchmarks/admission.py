@@ -132,7 +132,8 @@ def gateway_process(info: dict, args, start, results) -> None:
 def four_gateways(info: dict, args) -> dict:
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=gateway_process, args=(info, args, start, results)) for _ in range(args.processes)]
+    procs = [ctx.Process(target=gateway_process, args=(info, args, start, results), daemon=True)  # die with this one
+             for _ in range(args.processes)]
     for proc in procs:
         proc.start()
     time.sleep(3 + args.processes)  # every process imported and warmed up
