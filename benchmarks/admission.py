@@ -120,6 +120,7 @@ def gateway_process(info: dict, args, start, results) -> None:
         on = Tenancy(config(tenants(args.tenants)), store_for(info))
         keys = [f"sk-bench-{i}" for i in range(args.tenants)]
         await drive(on, 200, args.concurrency, keys)  # warm-up: connections, scripts loaded
+        results.put("ready")
         start.wait()
         timings, wall = await drive(on, args.requests, args.concurrency, keys)
         await asyncio.sleep(0.5)  # background settlements
@@ -136,7 +137,8 @@ def four_gateways(info: dict, args) -> dict:
              for _ in range(args.processes)]
     for proc in procs:
         proc.start()
-    time.sleep(3 + args.processes)  # every process imported and warmed up
+    for _ in procs:  # every process imported and warmed up before any starts
+        assert results.get(timeout=120) == "ready"
     start.set()
     runs = []
     while len(runs) < len(procs):  # a process that died without a result fails the run, not hangs it
