@@ -226,7 +226,7 @@ def test_vllm_bench_serve_runs_unchanged_against_the_stack(url, tiny_model_dir):
     with each request but not when it asks `/v1/models` for a model (a keyed vLLM server would
     refuse that too), so the model is named; it sends `ignore_eos` and `stream_options`."""
     cmd = [
-        sys.executable, str(Path(__file__).with_name("vllm_cli.py")), "bench", "serve",
+        sys.executable, "-m", "paliserve.vllm_cli", "bench", "serve",
         "--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions", "--model", "tiny-paligemma",
         "--tokenizer", str(tiny_model_dir), "--dataset-name", "random-mm", "--num-prompts", "16",
         "--random-input-len", "8", "--random-output-len", "8", "--random-mm-base-items-per-request", "1",

@@ -38,10 +38,12 @@ def _counters(prometheus: str) -> dict[str, float]:
 
 
 def _block_size(prometheus: str) -> int:
-    """The engine's KV block size (vLLM's CPU default is 128): a hit needs a full block."""
+    """The engine's KV block size (vLLM's CPU default is 128): a hit needs a full block. The info
+    gauge is set once, at the engine's start, and was seen gone stale from an instant query when
+    the stack had served for a while: the last value within a day is the engine's setting."""
     from stack_support import wait_for
 
-    info = wait_for(lambda: _query(prometheus, "ray_vllm_cache_config_info"), SCRAPE_DEADLINE_S, 2,
+    info = wait_for(lambda: _query(prometheus, "last_over_time(ray_vllm_cache_config_info[24h])"), SCRAPE_DEADLINE_S, 2,
                     "ray_vllm_cache_config_info in Prometheus")  # fmt: skip
     return int(info[0]["metric"]["block_size"])
 
