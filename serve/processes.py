@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from typing import IO
 
 
@@ -19,3 +20,38 @@ def start_service(cmd: list[str], log: IO[bytes], env: dict[str, str] | None = N
     Known limitations)."""
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                             process_group=0)  # fmt: skip
+
+
+def stop_service(pid: int, is_ours, grace_s: float = 10) -> None:
+    """SIGTERM the process `pid` if `is_ours(psutil.Process)` says it still runs what we started,
+    wait up to `grace_s`, then SIGKILL. A process that is not our child (restarted by someone
+    else) stays a zombie until its parent reaps it: that counts as stopped."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if not is_ours(proc):
+            return
+        proc.terminate()
+        if not _ended(proc, grace_s):
+            proc.kill()
+            _ended(proc, 5)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _ended(proc, timeout_s: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+            proc.wait(0.1)
+            return True
+        except psutil.TimeoutExpired:
+            continue
+        except psutil.NoSuchProcess:
+            return True
+    return False

@@ -21,7 +21,7 @@ import yaml
 # seconds with the metrics-export address of every live node.
 from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
 
-from serve.processes import start_service
+from serve.processes import start_service, stop_service
 
 CONFIG_NAME = "prometheus.yml"
 
@@ -122,17 +122,5 @@ class LocalPrometheus:
 
 def stop_prometheus(info: PrometheusInfo, grace_s: float = 10) -> None:
     """Stop the server `info` describes (only if its PID still runs that config), remove its data."""
-    import psutil
-
-    try:
-        proc = psutil.Process(info.pid)
-        if f"--config.file={info.config_file}" in proc.cmdline():
-            proc.terminate()
-            try:
-                proc.wait(grace_s)
-            except psutil.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-    except psutil.NoSuchProcess:
-        pass
+    stop_service(info.pid, lambda proc: f"--config.file={info.config_file}" in proc.cmdline(), grace_s)
     shutil.rmtree(info.data_dir, ignore_errors=True)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.processes import start_service
+from serve.processes import start_service, stop_service
 
 CONFIG_NAME = "redis.conf"
 PASSWORD_NAME = "password"
@@ -132,19 +132,7 @@ def _last_line(path: str) -> str:
 def stop_redis(info: RedisInfo, grace_s: float = 10, remove: bool = True) -> None:
     """Stop the server `info` describes (only if its PID still runs that config); with `remove`,
     delete its directory."""
-    import psutil
-
-    try:
-        proc = psutil.Process(info.pid)
-        if _runs(proc, info):
-            proc.terminate()
-            try:
-                proc.wait(grace_s)
-            except psutil.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-    except (psutil.NoSuchProcess, ValueError):
-        pass
+    stop_service(info.pid, lambda proc: _runs(proc, info), grace_s)
     if remove:
         shutil.rmtree(info.data_dir, ignore_errors=True)
 

@@ -1,0 +1,32 @@
+"""Stopping the services paliserve starts (Prometheus, the quota store) by PID."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from serve.processes import stop_service
+
+
+def test_a_zombie_left_by_another_parent_counts_as_stopped():
+    # The quota-store test restarts redis-server from the test process; `paliserve down` then
+    # stops a process that is not its child, which stays a zombie until the test reaps it.
+    # Waiting for it to vanish took 15 s and raised, and `down` never reached Ray.
+    other_parents_child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = time.monotonic()
+        stop_service(other_parents_child.pid, lambda proc: True, grace_s=10)
+        assert time.monotonic() - started < 2
+        assert other_parents_child.wait(5) == -15  # SIGTERM
+    finally:
+        other_parents_child.kill()
+
+
+def test_a_process_that_is_no_longer_ours_is_left_alone():
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        stop_service(stranger.pid, lambda proc: False)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
