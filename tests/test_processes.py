@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 from serve.processes import stop_service
@@ -12,14 +13,22 @@ def test_a_zombie_left_by_another_parent_counts_as_stopped():
     # The quota-store test restarts redis-server from the test process; `paliserve down` then
     # stops a process that is not its child, which stays a zombie until the test reaps it.
     # Waiting for it to vanish took 15 s and raised, and `down` never reached Ray.
-    other_parents_child = subprocess.Popen(["sleep", "30"])
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; p = subprocess.Popen(['sleep', '30']); "
+         "print(p.pid, flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
+        not_our_child = int(parent.stdout.readline())
         started = time.monotonic()
-        stop_service(other_parents_child.pid, lambda proc: True, grace_s=10)
+        stop_service(not_our_child, lambda proc: True, grace_s=10)
         assert time.monotonic() - started < 2
-        assert other_parents_child.wait(5) == -15  # SIGTERM
+        assert psutil.Process(not_our_child).status() == psutil.STATUS_ZOMBIE  # its parent has not reaped it
     finally:
-        other_parents_child.kill()
+        parent.kill()
+        parent.wait()
 
 
 def test_a_process_that_is_no_longer_ours_is_left_alone():
