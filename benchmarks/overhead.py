@@ -300,7 +300,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     opts = parser.parse_args()
     only = set(opts.only or SETUPS)
-    results, speeds = {}, {}
+    results, speeds, failed = {}, {}, {}
     setups = {
         "inprocess": ("engine in-process (no HTTP)", "in this process"),
         "vllm": ("vLLM OpenAI server", f"`vllm serve` (api_server), {STARTED}"),
@@ -319,15 +319,19 @@ def main() -> None:
             name, how = setups[key]
             speeds[name] = machine_speed()
             print(f"== {name}: {how}; machine-speed control {speeds[name]:.3f} s", file=sys.stderr, flush=True)
-            if key == "inprocess":
-                results[name] = asyncio.run(in_process(model_dir, opts.rounds, opts.seconds))
-            elif key == "vllm":
-                results[name] = vllm_server(model_dir, opts.rounds, opts.seconds, workdir)
-            else:
-                results[name] = paliserve_stack(
-                    model_dir, opts.rounds, opts.seconds, workdir, colocate=key != "separate",
-                    haproxy=key != "pyproxy", tenant=key == "tenant", quotas=key == "quotas",
-                )  # fmt: skip
+            try:
+                if key == "inprocess":
+                    results[name] = asyncio.run(in_process(model_dir, opts.rounds, opts.seconds))
+                elif key == "vllm":
+                    results[name] = vllm_server(model_dir, opts.rounds, opts.seconds, workdir)
+                else:
+                    results[name] = paliserve_stack(
+                        model_dir, opts.rounds, opts.seconds, workdir, colocate=key != "separate",
+                        haproxy=key != "pyproxy", tenant=key == "tenant", quotas=key == "quotas",
+                    )  # fmt: skip
+            except RuntimeError as exc:  # a setup that fails to start is reported; the others still count
+                failed[name] = str(exc).splitlines()[0][:200]
+                print(f"== {name} FAILED: {exc}", file=sys.stderr, flush=True)
     print("\nEvery server " + STARTED + "; one client (httpx, this process) for all.")
     print("machine-speed control: seconds a fixed pure-Python loop took (median of 5) just before each setup started")
     print(f"\n{'setup':46} {'p50 ms c=1':>11} {'p95 ms c=1':>11} {'req/s c=16':>11} {'tok/s c=16':>11} {'control s':>10}")
@@ -339,6 +343,8 @@ def main() -> None:
         parts = sorted(r["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])
         total = sum(v for _, v in parts)
         print(f"{name:46} total {total:6.1f}: " + ", ".join(f"{p} {v:.1f}" for p, v in parts if v >= 0.05))
+    for name, why in failed.items():
+        print(f"{name:46} FAILED to start or serve: {why}")
     print(f"\nCPU used with no request (cores, over {IDLE_S} s, after waiting for the stack to settle):")
     for name, r in results.items():
         parts = sorted(r["idle_cores"].items(), key=lambda kv: -kv[1])
