@@ -317,20 +317,19 @@ def read_state(path: Path) -> ClusterInfo | None:
 
 
 def read_prometheus_state(path: Path) -> PrometheusInfo | None:
-    if not path.exists():
-        return None
-    recorded = json.loads(path.read_text()).get("prometheus")
-    if not recorded:
-        return None
-    recorded.pop("url", None)
-    return PrometheusInfo(**recorded)
+    return _read_service(path, "prometheus", PrometheusInfo)
 
 
 def read_quota_store_state(path: Path) -> RedisInfo | None:
+    return _read_service(path, "quota_store", RedisInfo)
+
+
+def _read_service(path: Path, key: str, info_class):
+    """The service `write_state` recorded under `key` (its `url` is derived, not stored back)."""
     if not path.exists():
         return None
-    recorded = json.loads(path.read_text()).get("quota_store")
+    recorded = json.loads(path.read_text()).get(key)
     if not recorded:
         return None
     recorded.pop("url", None)
-    return RedisInfo(**recorded)
+    return info_class(**recorded)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import IO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, ClassVar
 
 
 def start_service(cmd: list[str], log: IO[bytes], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -20,6 +22,22 @@ def start_service(cmd: list[str], log: IO[bytes], env: dict[str, str] | None = N
     Known limitations)."""
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                             process_group=0)  # fmt: skip
+
+
+@dataclass
+class ServiceInfo:
+    """A service paliserve started (Prometheus, the quota store): its PID, loopback port,
+    directory (holding `CONFIG_NAME`) and log, as `cluster.json` records it."""
+
+    CONFIG_NAME: ClassVar[str]
+    pid: int
+    port: int
+    data_dir: str
+    log_file: str
+
+    @property
+    def config_file(self) -> str:
+        return str(Path(self.data_dir) / self.CONFIG_NAME)
 
 
 def stop_service(pid: int, is_ours, grace_s: float = 10) -> None:

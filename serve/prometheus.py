@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ import yaml
 # seconds with the metrics-export address of every live node.
 from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
 
-from serve.processes import start_service, stop_service
+from serve.processes import ServiceInfo, start_service, stop_service
 
 CONFIG_NAME = "prometheus.yml"
 
@@ -48,20 +47,12 @@ def scrape_config(sd_file: Path, scrape_interval_s: float) -> dict:
     }
 
 
-@dataclass
-class PrometheusInfo:
-    pid: int
-    port: int
-    data_dir: str
-    log_file: str
+class PrometheusInfo(ServiceInfo):
+    CONFIG_NAME = CONFIG_NAME
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def config_file(self) -> str:
-        return str(Path(self.data_dir) / CONFIG_NAME)
 
 
 class LocalPrometheus:

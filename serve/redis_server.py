@@ -13,10 +13,9 @@ import secrets
 import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from serve.processes import start_service, stop_service
+from serve.processes import ServiceInfo, start_service, stop_service
 
 CONFIG_NAME = "redis.conf"
 PASSWORD_NAME = "password"
@@ -27,20 +26,12 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
-@dataclass
-class RedisInfo:
-    pid: int
-    port: int
-    data_dir: str
-    log_file: str
+class RedisInfo(ServiceInfo):
+    CONFIG_NAME = CONFIG_NAME
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def config_file(self) -> str:
-        return str(Path(self.data_dir) / CONFIG_NAME)
 
     @property
     def password_file(self) -> str:
