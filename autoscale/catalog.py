@@ -91,6 +91,26 @@ class Accelerator:
     cost_per_hour: float | None = None
     count: int = 1
     per_node: int = 8
+    flops_by_dtype: tuple[tuple[str, float], ...] = ()  # measured per dtype (host probe); else `flops`
+    speed_source: str = "catalog"  # where bandwidth and FLOP/s come from: catalog, spec or the host probe
+
+    @property
+    def probed(self) -> bool:
+        return bool(self.flops_by_dtype)
+
+    def flops_for(self, dtype: str) -> float:
+        """FLOP/s in `dtype`: the measured figure where the probe has one, else `flops`."""
+        return dict(self.flops_by_dtype).get(dtype, self.flops)
+
+
+@dataclass(frozen=True)
+class HostFigures:
+    """This machine's speed as the host probe (autoscale/host_probe.py) measured it, for `cpu`
+    pools whose spec gives neither bandwidth nor FLOP/s. The CLI measures; the planner only reads."""
+
+    bandwidth_bytes_s: float
+    flops_by_dtype: tuple[tuple[str, float], ...]  # (dtype, FLOP/s of prefill-shaped matmuls)
+    source: str  # what was measured, when, and whether it came from the cache
 
 
 GPU_CATALOG: dict[str, Accelerator] = {
@@ -128,8 +148,9 @@ def find_gpu(name: str) -> Accelerator | None:
     return GPU_CATALOG[canonical] if canonical else None
 
 
-def accelerator_of(gpu: GpuSpec, field: str = "gpus") -> Accelerator:
-    """Resolve a pool entry: catalog figures, overridden by any given in the spec."""
+def accelerator_of(gpu: GpuSpec, field: str = "gpus", host: HostFigures | None = None) -> Accelerator:
+    """Resolve a pool entry: catalog figures, overridden by any given in the spec; the catalog
+    `cpu` takes `host`'s measured figures when the spec gives neither bandwidth nor FLOP/s."""
     base = find_gpu(gpu.type)
     missing = [f for f in ("memory_gb", "bandwidth_tb_s", "tflops") if getattr(gpu, f) is None]
     if base is None and missing:
@@ -139,6 +160,17 @@ def accelerator_of(gpu: GpuSpec, field: str = "gpus") -> Accelerator:
             f"a custom accelerator needs {', '.join(missing)}"
         )
     device = gpu.device or (base.device if base else "gpu")
+    speed_given = gpu.bandwidth_tb_s is not None or gpu.tflops is not None
+    if host is not None and base is not None and base.name == "cpu" and device == "cpu" and not speed_given:
+        return Accelerator(
+            name=base.name, device=device,
+            memory_bytes=int(gpu.memory_gb * GB) if gpu.memory_gb else base.memory_bytes,
+            bandwidth_bytes_s=host.bandwidth_bytes_s,
+            flops=dict(host.flops_by_dtype).get("float32", max(f for _, f in host.flops_by_dtype)),
+            supports_bf16=any(dtype == "bfloat16" for dtype, _ in host.flops_by_dtype),
+            cost_per_hour=gpu.cost_per_hour, count=gpu.count, per_node=gpu.per_node,
+            flops_by_dtype=host.flops_by_dtype, speed_source=f"host probe: {host.source}",
+        )  # fmt: skip
     return Accelerator(
         name=base.name if base else gpu.type,
         device=device,
@@ -150,4 +182,5 @@ def accelerator_of(gpu: GpuSpec, field: str = "gpus") -> Accelerator:
         cost_per_hour=gpu.cost_per_hour,
         count=gpu.count,
         per_node=gpu.per_node,
+        speed_source="spec" if speed_given else "catalog",
     )

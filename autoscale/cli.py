@@ -17,7 +17,7 @@ from rich.console import Console
 
 from paliserve.spec import ClusterSpec, GpuSpec, Plan, Slo, TenantSpec, Workload
 
-from .catalog import model_from_id
+from .catalog import HostFigures, find_gpu, model_from_id
 from .errors import InfeasiblePlan
 from .loading import dump_plan, load_spec
 from .planner import SpecError, plan
@@ -49,6 +49,8 @@ def plan_command(
     output_tokens: Annotated[float, typer.Option(help="One-tenant form: output tokens (mean = p95).")] = 64,
     ttft_ms: Annotated[Optional[float], typer.Option(help="One-tenant form: TTFT p95 SLO in ms.")] = None,
     tpot_ms: Annotated[Optional[float], typer.Option(help="One-tenant form: TPOT p95 SLO in ms.")] = None,
+    host_probe: Annotated[bool, typer.Option(
+        help="Measure this machine (cached) for `cpu` pool entries that give no bandwidth/tflops.")] = True,
 ) -> None:
     """Plan replicas, GPU shares, KV cache and engine arguments from a cluster spec, with reasons."""
     console = Console(stderr=True)
@@ -59,7 +61,7 @@ def plan_command(
             cluster = _one_tenant_spec(model, gpu, gpu_count, concurrency, peak_concurrency,
                                        prompt_tokens, output_tokens, ttft_ms, tpot_ms)
         profiles = [(load_profile(p), f"profile {p}") for p in profile or []]
-        result = plan(cluster, profiles)
+        result = plan(cluster, profiles, _host_figures(cluster, console) if host_probe else None)
     except (SpecError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
         raise typer.Exit(EXIT_INVALID) from None
@@ -87,6 +89,30 @@ def _one_tenant_spec(model, gpu, gpu_count, concurrency, peak, prompt, output, t
         slo=Slo(ttft_p95_ms=ttft, tpot_p95_ms=tpot),
     )
     return ClusterSpec(models=[spec_model], gpus=[GpuSpec(type=gpu, count=gpu_count)], tenants=[tenant])
+
+
+def _host_figures(cluster: ClusterSpec, console: Console) -> HostFigures | None:
+    """This machine's measured speed (autoscale/host_probe.py, cached per machine) when a pool
+    entry is the catalog `cpu` without figures of its own; None (catalog figures) otherwise, or
+    when torch is missing or the probe fails."""
+    if not any(_takes_host_figures(gpu) for gpu in cluster.gpus):
+        return None
+    from .host_probe import cached_speed
+
+    try:
+        speed, where = cached_speed()
+    except (ImportError, RuntimeError, OSError) as error:
+        console.print(f"cpu figures: the host probe failed ({error}); using the catalog's", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        return None
+    console.print(f"cpu figures: {speed.describe()} ({where})", markup=False, highlight=False, soft_wrap=True)
+    return HostFigures(speed.bandwidth_bytes_s, tuple(speed.flops.items()), f"{where}: {speed.describe()}")
+
+
+def _takes_host_figures(gpu: GpuSpec) -> bool:
+    base = find_gpu(gpu.type)
+    return (base is not None and base.name == "cpu" and gpu.device in (None, "cpu")
+            and gpu.bandwidth_tb_s is None and gpu.tflops is None)  # fmt: skip
 
 
 def _write_outputs(result: Plan, output: Path | None, serve_config: Path | None) -> None:

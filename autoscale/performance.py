@@ -44,6 +44,7 @@ from .memory import (
 from .profile import Profile, through
 
 ALLREDUCE_LATENCY_S = 20e-6
+PROBE_MEMORY, PROBE_COMPUTE, PROBE_STEP_S = 1.0, 1.0, 0.0  # see Efficiency.host_probe
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class Efficiency:
     memory: float
     compute: float
     step_overhead_s: float
+    basis: str = "datasheet"  # or "host probe": fractions of the probe's measured figures
+
+    @classmethod
+    def of(cls, accelerator: Accelerator) -> Efficiency:
+        return cls.host_probe() if accelerator.probed else cls.datasheet(accelerator.device)
 
     @classmethod
     def datasheet(cls, device: str) -> Efficiency:
@@ -58,11 +64,25 @@ class Efficiency:
             return cls(memory=0.5, compute=0.3, step_overhead_s=0.0015)
         return cls(memory=0.75, compute=0.5, step_overhead_s=0.002)
 
-    def describe(self) -> str:
-        return (
-            f"datasheet efficiencies: {self.memory:.0%} of bandwidth, {self.compute:.0%} of peak "
+    @classmethod
+    def host_probe(cls) -> Efficiency:
+        """vLLM's CPU engine against the host probe's figures (autoscale/host_probe.py) on the
+        same machine: a decode step reads the weights at MEMORY x the probe's streaming read, the
+        prefill (SigLIP and decoder) runs at COMPUTE x the probe's prefill-shaped matmul, plus a
+        fixed cost per step. Fitted to PaliGemma 3B-224 bf16 (README, "Speed without a profile")."""
+        return cls(memory=PROBE_MEMORY, compute=PROBE_COMPUTE, step_overhead_s=PROBE_STEP_S, basis="host probe")
+
+    def describe(self, accelerator: Accelerator | None = None) -> str:
+        text = (
+            f"{self.basis} efficiencies: {self.memory:.0%} of bandwidth, {self.compute:.0%} of peak "
             f"FLOP/s, {self.step_overhead_s * 1e3:g} ms per step"
         )
+        if accelerator is not None and accelerator.speed_source != "catalog":
+            rates = ", ".join(f"{f / 1e12:.3g} TFLOP/s {d}" for d, f in accelerator.flops_by_dtype) or (
+                f"{accelerator.flops / 1e12:.3g} TFLOP/s")
+            text += (f"; {accelerator.name}'s {accelerator.bandwidth_bytes_s / 1e9:.3g} GB/s and {rates} from the "
+                     f"{accelerator.speed_source}")  # fmt: skip
+        return text
 
 
 @dataclass(frozen=True)
@@ -118,7 +138,7 @@ class ReplicaPerformance:
 
     @property
     def flops(self) -> float:
-        return self.accelerator.flops * self.share * self.tp * self.efficiency.compute
+        return self.accelerator.flops_for(self.dtype) * self.share * self.tp * self.efficiency.compute
 
     @property
     def comm_s(self) -> float:

@@ -29,7 +29,7 @@ from paliserve.spec import (
     TenantPlan,
 )
 
-from .catalog import GPU_CATALOG, Accelerator, accelerator_of
+from .catalog import GPU_CATALOG, Accelerator, HostFigures, accelerator_of
 from .demand import Demand, demands
 from .errors import InfeasiblePlan
 from .placement import ReplicaGroup, place
@@ -44,10 +44,11 @@ class SpecError(ValueError):
     """The spec is valid YAML but names something the planner cannot resolve; names the field."""
 
 
-def plan(spec: ClusterSpec, profiles: Sequence[tuple[Profile, str]] = ()) -> Plan:
+def plan(spec: ClusterSpec, profiles: Sequence[tuple[Profile, str]] = (), host: HostFigures | None = None) -> Plan:
     """Plan `spec`. `profiles` are (profile, label) pairs; a profile applies to the deployment of
-    the same model on the same accelerator kind."""
-    pool = _resolve_pool(spec)
+    the same model on the same accelerator kind. `host`: this machine's measured speed, for a
+    `cpu` pool entry that gives no figures of its own."""
+    pool = _resolve_pool(spec, host)
     needs = demands(spec)
     ranked = {d.model.name: _ranked_sizings(d, pool, spec, profiles) for d in needs}
     chosen = _assign(needs, ranked, pool)
@@ -78,11 +79,11 @@ def deployment_name(model_name: str) -> str:
 # --- choosing an accelerator per deployment ---------------------------------------------
 
 
-def _resolve_pool(spec: ClusterSpec) -> dict[str, Accelerator]:
+def _resolve_pool(spec: ClusterSpec, host: HostFigures | None = None) -> dict[str, Accelerator]:
     pool = {}
     for i, gpu in enumerate(spec.gpus):
         try:
-            accel = accelerator_of(gpu, f"gpus[{i}]")
+            accel = accelerator_of(gpu, f"gpus[{i}]", host)
         except ValueError as error:
             raise SpecError(str(error)) from None
         pool[accel.name] = accel

@@ -80,6 +80,8 @@ class Sizing:
 
 def engine_dtype(demand: Demand, accel: Accelerator) -> tuple[str, str]:
     if accel.device == "cpu":
+        if demand.model.dtype == "bfloat16" and "bfloat16" in dict(accel.flops_by_dtype):
+            return "bfloat16", "the host probe found bfloat16 matmuls on this CPU (as `paliserve up` picks)"
         return "float32", "vLLM on CPUs: float32 works on every CPU"
     if demand.model.dtype == "bfloat16" and not accel.supports_bf16:
         return "float16", f"{accel.name} has no bfloat16; float16 instead"
@@ -141,8 +143,8 @@ def size_deployment(
 
     tp = _choose_tp(demand, accel, options, dtype, batched, cap, max_loras, rank, max_model_len, reasons)
 
-    efficiency = Efficiency.datasheet(accel.device)
-    calibration = efficiency.describe()
+    efficiency = Efficiency.of(accel)
+    calibration = efficiency.describe(accel)
     measured = None
     if profile is not None and profile[0].tensor_parallel_size == tp:
         measured, calibration = profile[0], profile[1]
