@@ -43,6 +43,8 @@ def k8s_command(
     gpu_product: Annotated[Optional[list[str]], typer.Option(help="TYPE=LABEL: nvidia.com/gpu.product of a GPU type (repeatable).")] = None,
     tiny_model: Annotated[Optional[str], typer.Option(help="Dev: CPU workers build the tiny model at this path (sets PALISERVE_TINY_MODEL).")] = None,
     quota_store_url: Annotated[Optional[str], typer.Option(help="An existing Redis for the quotas (redis://HOST:PORT/DB; password from the Secret <name>-quota-store, key password); default: render one.")] = None,
+    gcs_ft: Annotated[bool, typer.Option("--gcs-ft", help="GCS fault tolerance with a rendered Redis (<name>-gcs-store): a lost head pod comes back with the cluster's state.")] = False,
+    gcs_redis_address: Annotated[Optional[str], typer.Option(help="GCS fault tolerance with an existing Redis (HOST:PORT; password from the Secret <name>-gcs-store, key password).")] = None,
 ) -> None:
     """Render Kubernetes manifests (KubeRay RayService, Secret, NetworkPolicy, monitoring) for a plan."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -50,7 +52,8 @@ def k8s_command(
         settings = Settings(name=name, image=image or Settings().image, prometheus_url=prometheus_url,
                             monitoring_namespace=monitoring_namespace, operator_namespace=operator_namespace,
                             gpu_products={**GPU_PRODUCTS, **_pairs(gpu_product or [])}, tiny_model=tiny_model,
-                            quota_store_url=quota_store_url)
+                            quota_store_url=quota_store_url, gcs_redis_address=gcs_redis_address,
+                            gcs_store=gcs_ft)
         serving = load_plan_or_spec(plan, tiny_model)
         chosen = overlay or ("prod" if any(d.device == "gpu" for d in serving.deployments) else "dev")
         files = render(serving, chosen, settings, source=str(plan))

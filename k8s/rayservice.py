@@ -10,6 +10,7 @@ from serve.ingress import HAPROXY_MODE
 from serve.tenancy.registry import CONFIG_DIR, KEYS_DIR, TENANTS_DIR_ENV
 
 from . import yamlio
+from .gcsstore import gcs_fault_tolerance
 from .quotastore import quota_store_env
 from .settings import (APP, CLIENT_PORT, DASHBOARD_PORT, GCS_PORT, METRICS_PORT, RAY_VERSION,
                        Settings)
@@ -54,6 +55,7 @@ def rayservice(plan: Plan, groups: list[WorkerGroup], settings: Settings) -> dic
                 # KubeRay generates a random token Secret and sets RAY_AUTH_MODE=token and
                 # RAY_AUTH_TOKEN in every Ray container, the autoscaler's included.
                 "authOptions": {"mode": "token"},
+                **({"gcsFaultToleranceOptions": ft} if (ft := gcs_fault_tolerance(settings)) else {}),
                 "headGroupSpec": _head(plan, settings),
                 "workerGroupSpecs": [_worker(plan, group, settings) for group in groups],
             },

@@ -10,6 +10,7 @@ from paliserve.spec import Plan
 from . import yamlio
 from .checks import check_plan
 from .dashboard import dashboard_configmap
+from .gcsstore import gcs_store_documents
 from .monitoring import pod_monitor, prometheus_rule
 from .network import network_policy
 from .quotastore import quota_store_documents
@@ -41,6 +42,7 @@ def render(plan: Plan, overlay: str, settings: Settings = Settings(), source: st
         "networkpolicy.yaml": network_policy(plan, settings),
         "prometheusrule.yaml": prometheus_rule(plan, settings),
         **quota_store_documents(settings),
+        **gcs_store_documents(settings),
     }
     comments = {"rayservice.yaml": header + ARITHMETIC + "".join(f"  {g.explain()}\n" for g in groups)}
     files = {f"base/{name}": yamlio.dump(doc, "Rendered by `paliserve k8s`; the same for every plan.")

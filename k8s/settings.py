@@ -49,6 +49,10 @@ class Settings:
     # render one
     quota_store_url: str | None = None
     quota_store_image: str = "redis:7.0.15"
+    # GCS fault tolerance (k8s/gcsstore.py): an operator-given Redis (HOST:PORT or redis://...),
+    # or `gcs_store` to render one; neither: off
+    gcs_redis_address: str | None = None
+    gcs_store: bool = False
 
     def __post_init__(self):
         if self.quota_store_url is not None and not self.quota_store_url.startswith(("redis://", "rediss://")):
