@@ -157,11 +157,18 @@ def up(
         help="bfloat16, float16 or float32 for --model (default on a CPU: bfloat16 where it has it, else float32; on GPUs: the checkpoint's).")] = None,
     memory_check: Annotated[bool, typer.Option(
         help="Refuse to start when the planner's memory model says this machine cannot hold the plan.")] = True,
-    num_gpus: Annotated[Optional[float], typer.Option(help="GPUs Ray may use (default: detected).")] = None,
+    num_gpus: Annotated[Optional[int], typer.Option(help="GPUs Ray may use (default: detected).")] = None,
     detach: Annotated[bool, typer.Option(help="Return once serving; stop later with `paliserve down`.")] = False,
     prometheus: Annotated[bool, typer.Option(help="Start a Prometheus server scraping the cluster.")] = True,
+    host: Annotated[str, typer.Option(
+        help="Address every node's HTTP ingress binds (0.0.0.0 for a cluster across machines).")] = "127.0.0.1",
+    node_ip_address: Annotated[str, typer.Option(
+        help="This head's address, which other machines join (`paliserve join`).")] = "127.0.0.1",
+    token_file: Annotated[Optional[Path], typer.Option(
+        help="Ray's token for the cluster (a file, mode 600), e.g. one already copied to the other machines; default: a fresh one.")] = None,
 ) -> None:
-    """Start a local Ray cluster and serve PaliGemma until Ctrl-C (or `paliserve down` with --detach)."""
+    """Start a Ray cluster's head here and serve PaliGemma until Ctrl-C (or `paliserve down` with
+    --detach); other machines add their GPUs with `paliserve join`."""
     from serve.app import build_app
     from serve.cluster import LocalCluster, read_state, wait_until_healthy, write_state
     from serve.preflight import check_plan
@@ -173,6 +180,14 @@ def up(
     if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
         _error(f"paliserve cannot start: --dtype {dtype}: expected bfloat16, float16 or float32")
         raise typer.Exit(2)
+    if token_file is not None:
+        from serve.nodes import JoinRefused, check_token_file
+
+        try:
+            token_file = Path(check_token_file(str(token_file)))
+        except JoinRefused as exc:
+            _error(f"paliserve cannot start: {exc}")
+            raise typer.Exit(2) from None
     serving_plan = _load_plan(plan, model, device, max_model_len, dtype)
     problems = check_plan(serving_plan)
     if problems:
@@ -192,6 +207,9 @@ def up(
         http_port=port,
         num_gpus=num_gpus,
         dashboard=metrics_server is not None,
+        node_ip=node_ip_address,
+        http_host=host,
+        token_file=str(token_file) if token_file else None,
         # where the Serve controller's autoscaling policy (and Ray's dashboard) find Prometheus
         env={**_startup_retry_env(), **({"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else {})},
     )
@@ -211,6 +229,8 @@ def up(
                 quota_store.start()
         with console.status("starting Ray"):
             info = cluster.start()
+        console.print(f"other machines join with: paliserve join {info.address} --token-file <a copy of "
+                      f"{info.auth_token_path}>", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
         if metrics_server is not None:
             metrics_server.start(info.temp_dir)
         cluster.connect()
@@ -218,6 +238,7 @@ def up(
         with console.status(f"starting the engine for {names} (first start takes a minute)"):
             cluster.serve(build_app(serving_plan), name=APP_NAME, wait=False)
             wait_until_healthy(info.url, app=APP_NAME)
+        _report_placement(serving_plan)
     except BaseException as exc:
         reason = _start_failure(exc, serving_plan, cluster.temp_dir)
         logs = _keep_logs(cluster.temp_dir)
@@ -255,6 +276,69 @@ def up(
         quota_store.stop()
     cluster.stop()
     _state_file().unlink(missing_ok=True)
+
+
+def _report_placement(plan: Plan) -> None:
+    """Say where the replicas are, node by node, when the plan's layout spans several nodes."""
+    from serve.placement import placed_per_node, placement_mismatch, planned_per_node
+
+    planned = planned_per_node(plan)
+    if len(planned) < 2:
+        return
+    placed = placed_per_node(APP_NAME, {d.name for d in plan.deployments})
+    for ip, counts in sorted(placed.items()):
+        console.print(f"node {ip}: " + ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())), highlight=False)
+    mismatch = placement_mismatch(planned, placed)
+    if mismatch:
+        console.print(f"[yellow]replicas are not placed as planned: {mismatch}[/]", highlight=False)
+
+
+def _node_state_file() -> Path:
+    return local.cache_dir() / "node.json"
+
+
+@app.command()
+def join(
+    head: Annotated[str, typer.Argument(help="The head's Ray address, HOST:PORT (`paliserve up` prints it).")],
+    token_file: Annotated[Optional[Path], typer.Option(help="A copy of the head's token file (mode 600).")] = None,
+    node_ip_address: Annotated[Optional[str], typer.Option(
+        help="This node's address that the others reach (default: this machine's address toward the head).")] = None,
+    port: Annotated[int, typer.Option(help="HTTP port of this node's ingress (HAProxy).")] = 8000,
+    num_gpus: Annotated[Optional[int], typer.Option(help="GPUs Ray may use here (default: detected).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs Ray may use here (default: detected).")] = None,
+) -> None:
+    """Join this machine to a cluster started with `paliserve up` on another (its head), with its
+    GPUs; it serves HTTP on --port once it holds a replica. `paliserve down` here leaves the cluster."""
+    import ray
+
+    from serve.cluster import read_state
+    from serve.nodes import (JoinRefused, WorkerNode, check_reachable, check_token_file, head_metadata, parse_head,
+                             read_node_state, this_python, version_mismatch, write_node_state)  # fmt: skip
+
+    for state in (read_node_state(_node_state_file()), read_state(_state_file())):
+        if state is not None and psutil.pid_exists(state.pid):
+            _error(f"paliserve cannot join: this machine already runs paliserve (pid {state.pid}); run `paliserve down`")
+            raise typer.Exit(1)
+    try:
+        host, gcs_port = parse_head(head)
+        token = check_token_file(str(token_file) if token_file else None)
+        local_ip = check_reachable(host, gcs_port)
+        mismatch = version_mismatch(head_metadata(head, token), ray.__version__, this_python())
+        if mismatch:
+            raise JoinRefused(mismatch)
+    except JoinRefused as exc:
+        _error(f"paliserve cannot join: {exc}")
+        raise typer.Exit(2) from None
+    node = WorkerNode(head, token, node_ip_address or local_ip, http_port=port, num_gpus=num_gpus, num_cpus=num_cpus)
+    try:
+        with console.status(f"joining {head}"):
+            info = node.start()
+    except JoinRefused as exc:
+        _error(f"paliserve cannot join: {exc}")
+        raise typer.Exit(1) from None
+    write_node_state(_node_state_file(), info)
+    console.print(f"[green]joined[/] {head} as node {info.node_ip} (pid {info.pid}); its ingress serves at "
+                  f"{info.url} once it holds a replica; leave with `paliserve down`", highlight=False)  # fmt: skip
 
 
 def _error(message: str) -> None:
@@ -323,27 +407,38 @@ def _local_prometheus():
 
 
 def _local_quota_store(plan: Plan, temp_dir: str):
-    """The quota store when a tenant has limits: redis-server on a free loopback port, its files in
-    the cluster's temp dir. Without the binary the limits could not be enforced: refuse to start."""
+    """The quota store when a tenant has limits or several ingress replicas share the tenants' fair
+    shares: redis-server on a free loopback port, its files in the cluster's temp dir. Without the
+    binary the limits could not be enforced: refuse to start."""
     from serve.cluster import free_port
     from serve.redis_server import LocalRedis, find_redis_server
 
-    if not any(v is not None for t in plan.tenants for v in t.limits.model_dump().values()):
+    if not plan.needs_quota_store():
         return None
     binary = find_redis_server()
     if binary is None:
-        _error("paliserve cannot start: tenants have limits, which need the quota store, and redis-server is not "
-               "installed (Debian package `redis-server`)")  # fmt: skip
+        _error("paliserve cannot start: tenants have limits or fair shares across ingress replicas, which need the "
+               "quota store, and redis-server is not installed (Debian package `redis-server`)")  # fmt: skip
         raise typer.Exit(2)
     return LocalRedis(binary, port=free_port(), data_dir=str(Path(temp_dir) / "quota-store"))
 
 
 @app.command()
 def down() -> None:
-    """Stop the cluster started by `paliserve up --detach`."""
+    """Stop the cluster started by `paliserve up --detach`; on a node started by `paliserve join`, leave its cluster."""
     from serve.cluster import LocalCluster, read_prometheus_state, read_quota_store_state, read_state
+    from serve.nodes import WorkerNode, read_node_state
     from serve.prometheus import stop_prometheus
     from serve.redis_server import stop_redis
+
+    joined = read_node_state(_node_state_file())
+    if joined is not None:
+        node = WorkerNode(joined.head, "", joined.node_ip, temp_dir=joined.temp_dir)
+        node.info = joined
+        node.stop()  # this node's process tree only: the head and the other nodes carry on
+        _node_state_file().unlink(missing_ok=True)
+        console.print(f"left the cluster at {joined.head}")
+        return
 
     info = read_state(_state_file())
     metrics_server = read_prometheus_state(_state_file())

@@ -57,18 +57,20 @@ class ClusterInfo:
     temp_dir: str
     log_file: str
     auth_token_path: str = ""  # Ray token authentication: drivers need this file to connect
+    node_ip: str = "127.0.0.1"  # the head's address, which other machines join (`paliserve join`)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.gcs_port}"
+        return f"{self.node_ip}:{self.gcs_port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.node_ip}:{self.http_port}"
 
 
 class LocalCluster:
-    """Start a loopback-only Ray head, connect to it, run Serve on `http_port`."""
+    """Start a Ray head (loopback-only unless given `node_ip` and `http_host`), connect to it, run
+    Serve on `http_port`. Other machines join it with `serve.nodes.WorkerNode` and the token file."""
 
     def __init__(
         self,
@@ -78,8 +80,14 @@ class LocalCluster:
         temp_dir: str | None = None,
         env: dict[str, str] | None = None,
         dashboard: bool = False,
+        node_ip: str = "127.0.0.1",
+        http_host: str = "127.0.0.1",
+        token_file: str | None = None,
     ):
         self.http_port = http_port
+        self.node_ip = node_ip
+        self.http_host = http_host
+        self.token_file = token_file  # an operator's token (shared with the nodes beforehand), else a fresh one
         self.num_cpus = num_cpus if num_cpus is not None else max(4, (os.cpu_count() or 1) * 2)
         self.num_gpus = num_gpus
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-", dir="/tmp")  # short: see serve/ingress.py
@@ -94,7 +102,7 @@ class LocalCluster:
         ray_cli = str(Path(sys.executable).with_name("ray"))
         cmd = [
             ray_cli, "start", "--head", "--block", "--disable-usage-stats",
-            f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+            f"--port={gcs_port}", f"--node-ip-address={self.node_ip}",
             f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
             f"--metrics-export-port={metrics_port}",
             # Ray's other fixed default ports, so that clusters side by side (tests, a user's own
@@ -108,13 +116,13 @@ class LocalCluster:
             cmd.append("--include-dashboard=false")
         if self.num_gpus is not None:
             cmd.append(f"--num-gpus={self.num_gpus}")
-        token_path = _write_auth_token(self.temp_dir)
+        token_path = self.token_file or _write_auth_token(self.temp_dir)
         env = {**SERVE_THROUGHPUT_ENV, **haproxy_env(self.temp_dir, free_port), **os.environ,
-               "VLLM_HOST_IP": "127.0.0.1", "RAY_USAGE_STATS_ENABLED": "0", "DASHBOARD_METRIC_PORT": str(free_port()),
+               "VLLM_HOST_IP": self.node_ip, "RAY_USAGE_STATS_ENABLED": "0", "DASHBOARD_METRIC_PORT": str(free_port()),
                **auth_env(token_path), **self.env}  # fmt: skip
         with open(log_file, "ab") as log:
             proc = start_service(cmd, log, env)
-        self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file, token_path)
+        self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file, token_path, self.node_ip)
         self._wait_for_gcs(proc, timeout_s)
         return self.info
 
@@ -137,7 +145,7 @@ class LocalCluster:
         bound the wait (serve.run waits without a limit and reports only the final failure)."""
         from ray import serve
 
-        serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
+        serve.start(http_options={"host": self.http_host, "port": self.http_port})
         if wait:
             return serve.run(app, name=name, route_prefix="/")
         return serve.run_many([serve.RunTarget(target=app, name=name, route_prefix="/")], wait_for_applications_running=False)[0]

@@ -1,0 +1,204 @@
+"""A two-node cluster on one machine, formed the way two machines form one: `paliserve up` on a
+head at 127.0.0.2 and `paliserve join` of a worker at 127.0.0.3 (separate Ray nodes on distinct
+loopback addresses: Linux routes all of 127.0.0.0/8 to lo), each with one logical GPU.
+
+The plan's layout puts one engine replica on each node's GPU, behind one gateway (the separate
+topology), so whichever node holds the gateway, one engine is across nodes from it. On this CPU
+machine the engines run on CPU; the logical GPUs only steer placement, as real ones would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+from conftest import PALISERVE
+from stack_support import chat_body, wait_for
+
+pytestmark = [pytest.mark.engine, pytest.mark.own_cluster]
+
+HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
+MODEL = "tiny-paligemma"
+
+
+def two_node_plan(model_dir: Path):
+    from paliserve.local import tiny_plan
+    from paliserve.spec import GpuLayout, GpuSlot, ReplicaBounds
+
+    plan = tiny_plan(model_dir, max_num_seqs=4)
+    plan.gateway.colocate = False
+    (deployment,) = plan.deployments
+    deployment.replicas = ReplicaBounds(min=2, initial=2, max=2)
+    deployment.ray_actor_options.num_gpus = 1
+    plan.gpu_layout = [
+        GpuLayout(index=i, type="logical", node=i,
+                  slots=[GpuSlot(deployment=deployment.name, replica=i, share=1.0, memory_utilization=0.3)])
+        for i in range(2)
+    ]  # fmt: skip
+    plan.gpus = plan.gpus_initial = 2
+    return plan
+
+
+def _paliserve(args: list[str], cache: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PALISERVE, *args], env={**os.environ, "PALISERVE_CACHE": str(cache)},
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tiny_model_dir):
+    from serve.cluster import free_port, stop_process_tree
+
+    work = tmp_path_factory.mktemp("multinode")
+    head_cache, node_cache = work / "head-cache", work / "node-cache"
+    plan = two_node_plan(tiny_model_dir)
+    plan_file = work / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan.model_dump(mode="json")))
+    token = work / "token"
+    token.write_text(os.urandom(32).hex())
+    token.chmod(0o600)
+    head_port, node_port = free_port(), free_port()
+    up = subprocess.Popen(
+        [PALISERVE, "up", "--detach", "--plan", str(plan_file), "--no-prometheus", "--no-memory-check",
+         "--host", "0.0.0.0", "--node-ip-address", HEAD_IP, "--port", str(head_port), "--num-gpus", "1",
+         "--token-file", str(token)],
+        env={**os.environ, "PALISERVE_CACHE": str(head_cache)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    started: list[psutil.Process] = []
+    output: list[str] = []
+    try:
+        # the engines wait for the second node's GPU: join as soon as the head says how
+        for line in up.stdout:
+            output.append(line)
+            if "join with" in line:
+                break
+        match = re.search(r"paliserve join (\S+) --token-file", "".join(output))
+        assert match, "".join(output)
+        head = match.group(1)
+        assert head.startswith(f"{HEAD_IP}:")
+        started += _tree(up.pid)
+        joined = _paliserve(["join", head, "--token-file", str(token), "--node-ip-address", NODE_IP,
+                             "--port", str(node_port), "--num-gpus", "1"], node_cache)  # fmt: skip
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        node = json.loads((node_cache / "node.json").read_text())
+        started += _tree(node["pid"])
+        rest = up.communicate(timeout=300)[0]
+        assert up.returncode == 0, "".join(output) + rest
+        state = json.loads((head_cache / "cluster.json").read_text())
+        started += _tree(state["pid"])
+        yield {"head": head, "token": token, "plan": plan, "state": state, "node": node, "up_output": "".join(output) + rest,
+               "head_url": f"http://{HEAD_IP}:{head_port}", "node_url": f"http://{NODE_IP}:{node_port}",
+               "head_cache": head_cache, "node_cache": node_cache, "work": work}  # fmt: skip
+    finally:
+        if up.poll() is None:
+            stop_process_tree(up.pid)
+        _paliserve(["down"], node_cache)
+        _paliserve(["down"], head_cache)
+        for proc in started:  # whatever `down` left: nothing, unless it failed
+            if proc.is_running():
+                stop_process_tree(proc.pid)
+
+
+def _ray_nodes(head: str, token: Path) -> str:
+    """Ray's nodes as a separate driver sees them (its own process: this one may connect elsewhere)."""
+    script = ("import json, ray; ray.init(address='%s', logging_level='ERROR', log_to_driver=False); "
+              "print(json.dumps([{'ip': n['NodeManagerAddress'], 'gpus': n['Resources'].get('GPU', 0)} "
+              "for n in ray.nodes() if n['Alive']]))") % head  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
+
+
+def test_nodes_are_separate_ray_nodes_on_their_own_addresses(cluster):
+    nodes = json.loads(_ray_nodes(cluster["head"], cluster["token"]))
+    assert sorted((n["ip"], n["gpus"]) for n in nodes) == [(HEAD_IP, 1.0), (NODE_IP, 1.0)]
+
+
+def test_replicas_are_placed_as_the_plans_layout_says(cluster):
+    """`up` reports each node's replicas and would warn if they were not as planned."""
+    text = cluster["up_output"]
+    assert f"node {HEAD_IP}: {MODEL} x1" in text and f"node {NODE_IP}: {MODEL} x1" in text, text
+    assert "not placed as planned" not in text, text
+
+
+def _served(ip: str, metrics_port: int) -> float:
+    """Requests the engine replicas of one node finished (vLLM's counter, exported by that node's Ray)."""
+    text = httpx.get(f"http://{ip}:{metrics_port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ray_vllm_request_success_total{"))
+
+
+def test_the_gateway_calls_engines_on_both_nodes(cluster):
+    """The module's first requests, concurrent through one node, spread over both engines: one
+    of them is on the other node from the gateway, wherever the gateway is."""
+    nodes = [(HEAD_IP, cluster["state"]["metrics_port"]), (NODE_IP, cluster["node"]["metrics_port"])]
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda _: httpx.post(f"{cluster['head_url']}/v1/chat/completions",
+                                                     json=chat_body(MODEL, 24), timeout=120), range(6)))  # fmt: skip
+    assert [r.status_code for r in replies] == [200] * 6, [r.text for r in replies if r.status_code != 200]
+    # Ray exports each node's series every few seconds: wait until all six are counted
+    counts = wait_for(lambda: (lambda c: c if sum(c) >= 6 else None)([_served(*n) for n in nodes]), 45, 1,
+                      "the six requests in the nodes' metrics")  # fmt: skip
+    assert all(c > 0 for c in counts), counts
+
+
+def test_each_nodes_ingress_serves(cluster):
+    for url in (cluster["head_url"], cluster["node_url"]):
+        reply = httpx.post(f"{url}/v1/chat/completions", json=chat_body(MODEL, 8), timeout=120)
+        assert reply.status_code == 200, (url, reply.text)
+        assert reply.json()["usage"]["completion_tokens"] > 0
+
+
+def test_join_refuses_a_wrong_token_and_a_version_mismatch(cluster, tmp_path):
+    from serve.nodes import head_metadata, this_python, version_mismatch
+
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("0" * 64)
+    wrong.chmod(0o600)
+    before = {p.pid for p in psutil.process_iter()}
+    refused = _paliserve(["join", cluster["head"], "--token-file", str(wrong), "--node-ip-address", "127.0.0.4"],
+                         tmp_path / "cache", timeout=60)  # fmt: skip
+    assert refused.returncode == 2 and "refused this node" in refused.stderr, refused.stderr
+    assert not (tmp_path / "cache" / "node.json").exists()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before and "127.0.0.4" in " ".join(p.info["cmdline"] or [])]
+
+    import ray
+
+    metadata = head_metadata(cluster["head"], str(cluster["token"]))  # the head's own record in its GCS
+    assert metadata["ray_version"] == ray.__version__
+    assert version_mismatch(metadata, ray.__version__, this_python()) is None
+    message = version_mismatch(metadata, "2.9.0", this_python())
+    assert message == f"the head runs Ray {ray.__version__} and this machine has Ray 2.9.0: install Ray {ray.__version__}"
+
+
+def test_down_on_the_node_leaves_and_the_head_serves_on(cluster):
+    node_tree = _tree(cluster["node"]["pid"])
+    assert node_tree
+    left = _paliserve(["down"], cluster["node_cache"])
+    assert left.returncode == 0 and "left the cluster" in left.stderr, left.stderr
+    _, alive = psutil.wait_procs(node_tree, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    assert psutil.pid_exists(cluster["state"]["pid"])  # the head runs on
+
+    def served():
+        try:
+            return httpx.post(f"{cluster['head_url']}/v1/chat/completions", json=chat_body(MODEL, 8), timeout=60).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(served, 60, 1, "the head serving after the node left")
