@@ -407,17 +407,18 @@ def _local_prometheus():
 
 
 def _local_quota_store(plan: Plan, temp_dir: str):
-    """The quota store when a tenant has limits: redis-server on a free loopback port, its files in
-    the cluster's temp dir. Without the binary the limits could not be enforced: refuse to start."""
+    """The quota store when a tenant has limits or several ingress replicas share the tenants' fair
+    shares: redis-server on a free loopback port, its files in the cluster's temp dir. Without the
+    binary the limits could not be enforced: refuse to start."""
     from serve.cluster import free_port
     from serve.redis_server import LocalRedis, find_redis_server
 
-    if not any(v is not None for t in plan.tenants for v in t.limits.model_dump().values()):
+    if not plan.needs_quota_store():
         return None
     binary = find_redis_server()
     if binary is None:
-        _error("paliserve cannot start: tenants have limits, which need the quota store, and redis-server is not "
-               "installed (Debian package `redis-server`)")  # fmt: skip
+        _error("paliserve cannot start: tenants have limits or fair shares across ingress replicas, which need the "
+               "quota store, and redis-server is not installed (Debian package `redis-server`)")  # fmt: skip
         raise typer.Exit(2)
     return LocalRedis(binary, port=free_port(), data_dir=str(Path(temp_dir) / "quota-store"))
 

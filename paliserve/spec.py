@@ -288,6 +288,12 @@ class GatewaySettings(StrictModel):
         "LoRA adapters, whose requests Serve routes to the replicas holding their adapter only when "
         "the gateway is separate.",
     )
+    replicas: int = Field(
+        default=1, ge=1,
+        description="Gateway replicas when the gateway is a deployment of its own (colocated, each engine "
+        "replica carries one). Each admits its share of the engines' capacity; the tenants' fair "
+        "shares and quotas hold across them through the quota store.",
+    )
 
 
 class PrometheusPolicyOptions(StrictModel):
@@ -647,6 +653,11 @@ class Plan(StrictModel):
 
     @model_validator(mode="after")
     def _colocatable(self) -> Plan:
+        if self.gateway.replicas > 1 and self.colocated:
+            raise ValueError(
+                "gateway.replicas applies to a separate gateway; set gateway.colocate: false "
+                "(colocated, each engine replica carries its own gateway)"
+            )
         if self.gateway.colocate and len(self.deployments) != 1:
             raise ValueError(
                 f"gateway.colocate needs a plan with one deployment; this one has {len(self.deployments)}"
@@ -669,6 +680,16 @@ class Plan(StrictModel):
         """Engine replicas of `deployment` that one ingress replica sends requests to: its own
         engine when colocated, else all of them at max replicas."""
         return 1 if self.colocated else deployment.replicas.max
+
+    def ingress_replicas(self) -> int:
+        """Replicas that answer HTTP, at most: the gateway's, or colocated, the one model's."""
+        return self.deployments[0].replicas.max if self.colocated else self.gateway.replicas
+
+    def needs_quota_store(self) -> bool:
+        """Tenants with limits, or tenants whose fair shares must hold across several ingress
+        replicas (serve/tenancy/fairshare.py), need the shared store."""
+        limited = any(v is not None for t in self.tenants for v in t.limits.model_dump().values())
+        return limited or (bool(self.tenants) and self.ingress_replicas() > 1)
 
     def ingress_max_ongoing_requests(self) -> int:
         """Requests one ingress replica accepts: four times what the engines behind it hold, at

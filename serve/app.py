@@ -21,10 +21,14 @@ def admission_capacity(deployment: DeploymentPlan, replicas: int) -> int:
 
 
 def tenancy_config(plan: Plan) -> dict:
-    """What the gateway's admission is built with: no tenant data (that is `tenant_user_config`)."""
+    """What the gateway's admission is built with: no tenant data (that is `tenant_user_config`).
+    Several gateway replicas split the engines' capacity, so together they never send more than
+    the engines hold and each one's fair queue, not the engine's FIFO, decides who goes next."""
+    gateways = 1 if plan.colocated else plan.gateway.replicas
     return {
         "adapters": {d.model_name: [a.model_dump(mode="json") for a in d.adapters] for d in plan.deployments},
-        "capacity": {d.model_name: admission_capacity(d, plan.replicas_behind_ingress(d)) for d in plan.deployments},
+        "capacity": {d.model_name: -(-admission_capacity(d, plan.replicas_behind_ingress(d)) // gateways)
+                     for d in plan.deployments},
     }
 
 
@@ -50,6 +54,7 @@ def build_app(plan: Plan):
         return gateway.bind({}, max_model_lens, settings, tenancy_config(plan), deployment.model_dump(mode="json"))
     engines = {d.model_name: engine_deployment(d, drain_s).bind(d.model_dump(mode="json")) for d in plan.deployments}
     gateway = Gateway.options(
+        num_replicas=plan.gateway.replicas,
         max_ongoing_requests=plan.ingress_max_ongoing_requests(),
         ray_actor_options={"num_cpus": 0.25},
         graceful_shutdown_timeout_s=drain_s,

@@ -313,6 +313,29 @@ def test_no_tenant_data_in_the_gateways_init_arguments():
     assert deployment._deployment_config.user_config == tenant_user_config(plan)
 
 
+def test_gateway_replicas_split_the_engines_capacity_and_share_tenant_state_through_the_store():
+    from serve.app import build_app
+
+    plan = cpu_plan()
+    assert plan.colocated and plan.ingress_replicas() == plan.deployments[0].replicas.max
+    plan.gateway.colocate = False
+    (model,) = tenancy_config(plan)["capacity"]
+    whole = tenancy_config(plan)["capacity"][model]
+    plan.gateway.replicas = 3
+    plan = type(plan).model_validate(plan.model_dump())
+    assert tenancy_config(plan)["capacity"][model] == -(-whole // 3)
+    assert build_app(plan)._bound_deployment._deployment_config.num_replicas == 3
+    plan.tenants = [t.model_copy(update={"limits": TenantLimits()}) for t in plan.tenants]
+    assert plan.tenants
+    assert plan.needs_quota_store(), "two or more gateways share fair-share counters through the store"
+    plan.gateway.replicas = 1
+    assert not plan.needs_quota_store()
+    data = plan.model_dump()
+    data["gateway"].update(colocate=True, replicas=2)
+    with pytest.raises(ValueError, match="gateway.replicas applies to a separate gateway"):
+        type(plan).model_validate(data)
+
+
 def test_a_spec_is_planned_into_tenant_plans_and_a_plan_gives_its_own(tmp_path, monkeypatch):
     from autoscale.loading import load_spec
     from autoscale.planner import plan as make_plan
