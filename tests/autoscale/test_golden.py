@@ -88,8 +88,10 @@ def test_kv_tokens_per_replica(model_id, gpu, memory, kv_per_token):
     fixed = _fixed_gpu_bytes(d.weights_bytes, t.hidden_size, t.intermediate_size, t.vocab_size,
                              d.engine_args.max_num_seqs, d.engine_args.max_num_batched_tokens)
     assert d.kv_cache.bytes_per_token == kv_per_token
-    assert d.kv_cache.tokens_per_replica == (int(utilization * memory) - fixed) // kv_per_token
-    assert d.kv_cache.blocks_per_replica == d.kv_cache.tokens_per_replica // 16
+    # vLLM allocates whole blocks, of 16 tokens on GPUs
+    assert d.kv_cache.block_size == 16
+    assert d.kv_cache.blocks_per_replica == (int(utilization * memory) - fixed) // (kv_per_token * 16)
+    assert d.kv_cache.tokens_per_replica == d.kv_cache.blocks_per_replica * 16
 
 
 def test_tiny_cpu_plan_by_hand(tmp_path, monkeypatch):
@@ -100,7 +102,8 @@ def test_tiny_cpu_plan_by_hand(tmp_path, monkeypatch):
     assert d.image_tokens == 4  # (28 / 14)^2
     assert d.kv_cache.bytes_per_token == 2 * 2 * 1 * 32 * 4  # K,V x layers x KV heads x head_dim x fp32
     assert d.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    assert d.kv_cache.tokens_per_replica == GIB // 512
+    assert d.kv_cache.block_size == 128  # vLLM's on CPUs
+    assert d.kv_cache.tokens_per_replica == GIB // (512 * 128) * 128
     assert d.engine_args.dtype == "float32" and d.engine_args.enforce_eager
     assert d.engine_args.gpu_memory_utilization == 0.3
     assert d.replicas.model_dump() == {"min": 1, "initial": 1, "max": 1}
