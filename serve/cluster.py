@@ -29,13 +29,18 @@ from serve.prometheus import PrometheusInfo
 from serve.redis_server import RedisInfo
 
 
-# Ray Serve's documented throughput settings that keep a replica's user code and router on its
-# main event loop: fewer thread hand-offs per request, which matters most on small machines.
+# Ray Serve's documented throughput settings (those of RAY_SERVE_THROUGHPUT_OPTIMIZED but
+# gRPC between deployments): a replica's user code and router stay on its main event loop (fewer
+# thread hand-offs per request, which matters most on small machines), and Serve's logs, the
+# access log among them, go to Serve's log files only, buffered (flushed at once on an error),
+# not also line by line to stderr, which Ray's log monitor follows and forwards.
 # Ray also starts workers at niceness 15, which makes the whole serving stack yield the CPU to
 # any other process on the machine; a server should not.
 SERVE_THROUGHPUT_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_worker_niceness": "0",
 }
 
