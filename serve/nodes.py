@@ -129,7 +129,7 @@ class WorkerNode:
         self.http_port = http_port
         self.num_gpus = num_gpus
         self.num_cpus = num_cpus
-        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-node-", dir="/tmp")  # short: see serve/ingress.py
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-", dir="/tmp")  # no longer: HAProxy caps its socket paths (serve/ingress.py)
         self.env = env or {}
         self.info: NodeInfo | None = None
 

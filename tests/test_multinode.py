@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,21 +144,50 @@ def _served(ip: str, metrics_port: int) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ray_vllm_request_success_total{"))
 
 
+def _held_stream(url: str, barrier: threading.Barrier) -> int:
+    """A streamed chat that stays open until all the others have their first chunk; its status."""
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat_body(MODEL, 64, stream=True), timeout=120) as reply:
+        lines = reply.iter_lines()
+        if reply.status_code == 200:
+            next(line for line in lines if line.startswith("data:"))
+        barrier.wait(timeout=90)
+        for _ in lines:
+            pass
+        return reply.status_code
+
+
 def test_the_gateway_calls_engines_on_both_nodes(cluster):
-    """The module's first requests, concurrent through one node, spread over both engines: one
-    of them is on the other node from the gateway, wherever the gateway is."""
+    """The module's first requests: six streams open at once, through both nodes' ingress, on
+    engines that take 4 each, so both engines serve; one of them is on the other node from the
+    gateway, wherever the gateway is."""
     nodes = [(HEAD_IP, cluster["state"]["metrics_port"]), (NODE_IP, cluster["node"]["metrics_port"])]
+    barrier = threading.Barrier(6)
+    urls = [cluster["head_url"], cluster["node_url"]] * 3
     with ThreadPoolExecutor(6) as pool:
-        replies = list(pool.map(lambda _: httpx.post(f"{cluster['head_url']}/v1/chat/completions",
-                                                     json=chat_body(MODEL, 24), timeout=120), range(6)))  # fmt: skip
-    assert [r.status_code for r in replies] == [200] * 6, [r.text for r in replies if r.status_code != 200]
+        statuses = list(pool.map(lambda url: _held_stream(url, barrier), urls))
+    assert statuses == [200] * 6
     # Ray exports each node's series every few seconds: wait until all six are counted
     counts = wait_for(lambda: (lambda c: c if sum(c) >= 6 else None)([_served(*n) for n in nodes]), 45, 1,
                       "the six requests in the nodes' metrics")  # fmt: skip
     assert all(c > 0 for c in counts), counts
 
 
-def test_each_nodes_ingress_serves(cluster):
+def _haproxy_ports(pid: int) -> set[int]:
+    """Ports the HAProxy processes among `pid`'s descendants listen on."""
+    ports = set()
+    for proc in _tree(pid):
+        try:
+            if proc.name() == "haproxy":
+                ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            pass
+    return ports
+
+
+def test_each_node_runs_its_own_haproxy_and_serves_through_it(cluster):
+    head_port, node_port = (int(cluster[k].rsplit(":", 1)[1]) for k in ("head_url", "node_url"))
+    assert head_port in _haproxy_ports(cluster["state"]["pid"])
+    assert node_port in _haproxy_ports(cluster["node"]["pid"])
     for url in (cluster["head_url"], cluster["node_url"]):
         reply = httpx.post(f"{url}/v1/chat/completions", json=chat_body(MODEL, 8), timeout=120)
         assert reply.status_code == 200, (url, reply.text)
