@@ -6,6 +6,7 @@ import posixpath
 from typing import Any
 
 from paliserve.spec import HttpOptions, Plan
+from serve.cluster import SERVE_THROUGHPUT_ENV
 from serve.ingress import HAPROXY_MODE
 from serve.tenancy.registry import CONFIG_DIR, KEYS_DIR, TENANTS_DIR_ENV
 
@@ -124,6 +125,8 @@ def _container(name: str, ports: list[tuple[str, int]], plan: Plan, settings: Se
             # HAProxy (bundled with ray[serve] on Linux) in front of the ingress replicas instead of
             # Serve's Python proxy: see serve/ingress.py
             *({"name": k, "value": v} for k, v in HAPROXY_MODE.items()),
+            # the Serve settings `paliserve up` runs with (serve/cluster.py)
+            *({"name": k, "value": v} for k, v in SERVE_THROUGHPUT_ENV.items()),
             # the gateway reads the tenants from the mounted Secret and ConfigMap and follows
             # their changes (no subPath mounts: kubelet updates only whole-volume mounts)
             {"name": TENANTS_DIR_ENV, "value": TENANTS_ROOT},
