@@ -172,6 +172,7 @@ def up(
     from serve.app import build_app
     from serve.cluster import LocalCluster, read_state, wait_until_healthy, write_state
     from serve.preflight import check_plan
+    from serve.tenancy.identity import is_loopback
 
     existing = read_state(_state_file())
     if existing is not None and psutil.pid_exists(existing.pid):
@@ -189,6 +190,12 @@ def up(
             _error(f"paliserve cannot start: {exc}")
             raise typer.Exit(2) from None
     serving_plan = _load_plan(plan, model, device, max_model_len, dtype)
+    if not serving_plan.tenants and not is_loopback(host):
+        # without tenants nobody needs a key, and behind HAProxy every client looks local
+        _error(f"paliserve cannot start: --host {host} would open serving to the network, and the plan has no "
+               "tenants, so no API keys: give the plan tenants (`paliserve plan` of a spec with them) or keep "
+               "--host 127.0.0.1")  # fmt: skip
+        raise typer.Exit(2)
     problems = check_plan(serving_plan)
     if problems:
         for problem in problems:

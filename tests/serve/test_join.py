@@ -1,5 +1,6 @@
 """`paliserve join`'s arguments and refusals that need no cluster: each says why, exits 2 and
-leaves nothing running; and the placement comparison `paliserve up` reports across nodes."""
+leaves nothing running; `up`'s refusal to open a keyless plan to the network; and the placement
+comparison `paliserve up` reports across nodes."""
 
 from __future__ import annotations
 
@@ -66,6 +67,21 @@ def test_join_an_unreachable_head_is_refused(tmp_path, token):
 def test_join_a_malformed_head_address_is_refused(tmp_path, token, head):
     reply = _join([head, "--token-file", str(token)], tmp_path)
     assert reply.returncode == 2 and "expected HOST:PORT" in reply.stderr, reply.stderr
+
+
+def test_up_refuses_to_serve_a_plan_without_tenants_beyond_loopback(tmp_path):
+    import yaml
+
+    from paliserve.local import tiny_plan
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(tiny_plan(tmp_path / "no-model").model_dump(mode="json")))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    reply = subprocess.run([PALISERVE, "up", "--plan", str(plan), "--host", "0.0.0.0", "--no-prometheus"],
+                           env={**os.environ, "PALISERVE_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert reply.returncode == 2 and "--host 0.0.0.0 would open serving to the network" in reply.stderr, reply.stderr
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
 def test_version_mismatch_names_both_versions():
