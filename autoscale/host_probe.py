@@ -35,7 +35,7 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (AVX512-BF16, AMX) a
 # (tokens, in, out) of the matmul, and bytes read per bandwidth pass, per device kind.
 MATMUL_SHAPE = {"cpu": (512, 2048, 8192), "cuda": (8192, 8192, 8192)}
 READ_BYTES = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
-RUNS = (3, 12)  # timed runs of each figure: at least, at most
+RUNS = (3, 40)  # timed runs of each figure: at least, at most (reads take ~25 ms, products ~0.1 s)
 RUN_BUDGET_S = 1.0  # stop adding runs past this much time per figure
 CONTENDED_BELOW = 0.9  # a probe whose threads got less of the cores than this is not cached
 

@@ -7,8 +7,11 @@ model and accelerator is given. Times are seconds.
   with the vision encoder's FLOPs over the image tokens included.
 - Decode step at batch b = max(weights read + b x KV read over eta_memory x bandwidth,
   b tokens of FLOPs over eta_compute x peak) + step overhead (+ all-reduces under tensor parallelism).
-- TPOT at batch b = step(b) + b x prefill / output tokens: with chunked prefill every arriving
-  request's prefill shares a step with the running decodes; b/n of them arrive per step.
+- TPOT at batch b = step(b) + (b - 1) x prefill / output tokens: with chunked prefill every arriving
+  request's prefill shares a step with the running decodes; while one request makes its n tokens
+  the b - 1 others are each replaced about once (its own prefill comes before its first token).
+  This is the steady state of requests that arrive independently; b requests of one length
+  started together stay in lockstep instead, their prefills batched and no decode interrupted.
 - TTFT p95 = queue wait p95 + prefill of the p95 prompt + one decode step. Requests wait for the
   prefill "server" of their replica: an M/M/1 queue at utilisation rho = lambda x prefill, with
   lambda = batch x the load's arrivals per request in flight (hardware-independent, see demand.py);
@@ -44,7 +47,7 @@ from .memory import (
 from .profile import Profile, through
 
 ALLREDUCE_LATENCY_S = 20e-6
-PROBE_MEMORY, PROBE_COMPUTE, PROBE_STEP_S = 1.0, 1.0, 0.0  # see Efficiency.host_probe
+PROBE_MEMORY, PROBE_COMPUTE, PROBE_STEP_S = 1.2, 0.85, 0.002  # see Efficiency.host_probe
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,12 @@ class Efficiency:
     @classmethod
     def host_probe(cls) -> Efficiency:
         """vLLM's CPU engine against the host probe's figures (autoscale/host_probe.py) on the
-        same machine: a decode step reads the weights at MEMORY x the probe's streaming read, the
-        prefill (SigLIP and decoder) runs at COMPUTE x the probe's prefill-shaped matmul, plus a
-        fixed cost per step. Fitted to PaliGemma 3B-224 bf16 (README, "Speed without a profile")."""
+        same machine: a decode step reads the weights at PROBE_MEMORY x the probe's streaming read
+        (vLLM's oneDNN matrix-vector products stream faster than a sum: 3B-224 bf16 decoded at
+        ~36 GB/s on one core here against ~29.5 GB/s read by the probe), and the prefill (SigLIP
+        and decoder) runs at PROBE_COMPUTE x the probe's prefill-shaped matmul (the same oneDNN
+        products, measured equal per product; attention, norms and activations besides), plus a
+        fixed cost per step. README, "CPU figures from the host probe", has the measurements."""
         return cls(memory=PROBE_MEMORY, compute=PROBE_COMPUTE, step_overhead_s=PROBE_STEP_S, basis="host probe")
 
     def describe(self, accelerator: Accelerator | None = None) -> str:
@@ -183,7 +189,7 @@ class ReplicaPerformance:
         return max(memory, compute) + self.efficiency.step_overhead_s + self.comm_s
 
     def engine_tpot_s(self, batch: float, load: Load) -> float:
-        prefill_per_step = batch * self.prefill_s(load.prompt_mean) / max(load.output_mean, 1.0)
+        prefill_per_step = max(batch - 1, 0) * self.prefill_s(load.prompt_mean) / max(load.output_mean, 1.0)
         return self.step_s(batch, load.context_mean) + prefill_per_step
 
     def tpot_s(self, batch: float, load: Load) -> float:
