@@ -33,8 +33,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.own_cluster]
 
 KEYS = {"skewed": "sk-fair-skewed", "spread": "sk-fair-spread", "capped": "sk-fair-capped"}
 RPM_LIMIT = 30
-FLOOD_S = 30
-WARMUP_S = 5
+FLOOD_S = 15
+WARMUP_S = 3
 
 
 def fairshare_plan(model_dir: Path):
