@@ -12,8 +12,9 @@ or nvidia-smi unless --gpu names it.
 It plans one tenant on one GPU (concurrency: the highest level measured), starts `vllm serve`
 with the plan's engine arguments, reads vLLM's log (KV cache tokens, maximum concurrency, KV
 memory, weights), sends streaming chat requests with an image at each concurrency with the
-official openai client (closed loop, --requests per client after one warm-up), and compares the
-mean TTFT and TPOT with the planner's at the same concurrency and prompt.
+official openai client (closed loop, --requests per client after one warm-up, the clients' starts
+staggered over one request's time), and compares the mean TTFT and TPOT with the planner's at the
+same concurrency and prompt.
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ class Sample:
     tpot_s: float
     prompt_tokens: int
     completion_tokens: int
+    e2e_s: float
 
 
 def image_url(size: int = 224) -> str:
@@ -248,26 +250,32 @@ def one_request(client, model: str, image: str, output_tokens: int) -> Sample:
     if first is None or usage is None:
         raise RuntimeError("the stream carried no tokens or no usage")
     tokens = usage.completion_tokens
-    return Sample(first - start, (last - first) / max(tokens - 1, 1), usage.prompt_tokens, tokens)
+    return Sample(first - start, (last - first) / max(tokens - 1, 1), usage.prompt_tokens, tokens, last - start)
 
 
-def measure_level(base_url: str, model: str, concurrency: int, requests: int, output_tokens: int) -> list[Sample]:
-    """`concurrency` clients, each sending `requests` requests one after another."""
+def measure_level(base_url: str, model: str, concurrency: int, requests: int, output_tokens: int,
+                  e2e_s: float = 0.0) -> list[Sample]:  # fmt: skip
+    """`concurrency` clients, each sending `requests` requests one after another, client i
+    starting i/concurrency of a request's `e2e_s` after the first. Requests of one length started
+    together would stay in lockstep, every prefill batched with the others' and none overlapping
+    a decode; staggered, each prefill shares steps with the others' decodes, as the planner
+    models a replica's steady state."""
     from openai import OpenAI
 
     image = image_url()
     samples: list[Sample] = []
     errors: list[BaseException] = []
 
-    def client_loop():
+    def client_loop(index: int):
         client = OpenAI(base_url=base_url, api_key="unused", timeout=600)
+        time.sleep(index * e2e_s / concurrency)
         try:
             for _ in range(requests):
                 samples.append(one_request(client, model, image, output_tokens))
         except BaseException as error:  # reported below, after the other clients finish
             errors.append(error)
 
-    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -412,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         text_tokens = warm.prompt_tokens - deployment.image_tokens - 2  # <bos> and "\n" frame the text
         measured = {}
         for level in levels:
-            samples = measure_level(base_url, served, level, args.requests, args.output_tokens)
+            samples = measure_level(base_url, served, level, args.requests, args.output_tokens, warm.e2e_s)
             measured[level] = (statistics.mean(x.ttft_s for x in samples), statistics.mean(x.tpot_s for x in samples))
             print(f"concurrency {level}: {len(samples)} requests, TTFT {measured[level][0] * 1e3:.0f} ms, "
                   f"TPOT {measured[level][1] * 1e3:.1f} ms", flush=True)  # fmt: skip
