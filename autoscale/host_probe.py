@@ -10,7 +10,9 @@ some runs).
 
 Cached per machine under PALISERVE_CACHE (or ~/.cache/paliserve) in host-probe/<key>.json, the key
 a hash of the CPU model, flags, logical CPU count, the thread count, torch's version and this
-probe's version: an unreadable or foreign cache file is measured again and replaced.
+probe's version: an unreadable or foreign cache file is measured again and replaced. A probe whose
+threads got less than CONTENDED_BELOW of their cores (other processes busy) is returned but not
+cached, so a busy minute is not kept as the machine's speed.
 
 Standalone with only torch and the standard library, so it runs on a machine without this project:
 `python autoscale/host_probe.py --device cpu|cuda` prints the figures as JSON.
