@@ -9,6 +9,7 @@ machine the engines run on CPU; the logical GPUs only steer placement, as real o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -29,11 +30,13 @@ pytestmark = [pytest.mark.engine, pytest.mark.own_cluster]
 
 HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
 MODEL = "tiny-paligemma"
+KEY = "sk-multinode"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def two_node_plan(model_dir: Path):
     from paliserve.local import tiny_plan
-    from paliserve.spec import GpuLayout, GpuSlot, ReplicaBounds
+    from paliserve.spec import GpuLayout, GpuSlot, ReplicaBounds, TenantPlan
 
     plan = tiny_plan(model_dir, max_num_seqs=4)
     plan.gateway.colocate = False
@@ -46,6 +49,8 @@ def two_node_plan(model_dir: Path):
         for i in range(2)
     ]  # fmt: skip
     plan.gpus = plan.gpus_initial = 2
+    # served on all interfaces (each node's HAProxy on its own address): only with keys
+    plan.tenants = [TenantPlan(name="multinode", api_key_sha256=[hashlib.sha256(KEY.encode()).hexdigest()], models=[MODEL])]
     return plan
 
 
@@ -146,7 +151,8 @@ def _served(ip: str, metrics_port: int) -> float:
 
 def _held_stream(url: str, barrier: threading.Barrier) -> int:
     """A streamed chat that stays open until all the others have their first chunk; its status."""
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat_body(MODEL, 64, stream=True), timeout=120) as reply:
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat_body(MODEL, 64, stream=True), headers=AUTH,
+                      timeout=120) as reply:
         lines = reply.iter_lines()
         if reply.status_code == 200:
             next(line for line in lines if line.startswith("data:"))
@@ -189,9 +195,10 @@ def test_each_node_runs_its_own_haproxy_and_serves_through_it(cluster):
     assert head_port in _haproxy_ports(cluster["state"]["pid"])
     assert node_port in _haproxy_ports(cluster["node"]["pid"])
     for url in (cluster["head_url"], cluster["node_url"]):
-        reply = httpx.post(f"{url}/v1/chat/completions", json=chat_body(MODEL, 8), timeout=120)
+        reply = httpx.post(f"{url}/v1/chat/completions", json=chat_body(MODEL, 8), headers=AUTH, timeout=120)
         assert reply.status_code == 200, (url, reply.text)
         assert reply.json()["usage"]["completion_tokens"] > 0
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_body(MODEL, 8), timeout=60).status_code == 401
 
 
 def test_join_refuses_a_wrong_token_and_a_version_mismatch(cluster, tmp_path):
@@ -227,7 +234,8 @@ def test_down_on_the_node_leaves_and_the_head_serves_on(cluster):
 
     def served():
         try:
-            return httpx.post(f"{cluster['head_url']}/v1/chat/completions", json=chat_body(MODEL, 8), timeout=60).status_code == 200
+            return httpx.post(f"{cluster['head_url']}/v1/chat/completions", json=chat_body(MODEL, 8), headers=AUTH,
+                              timeout=60).status_code == 200
         except httpx.HTTPError:
             return False
 
