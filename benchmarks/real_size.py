@@ -1,0 +1,535 @@
+"""Real size: the planner against vLLM and against what a real-size stack measures on this machine.
+
+Builds a random-weight checkpoint with a catalog model's exact architecture (`paliserve
+random-checkpoint`, cached under $PALISERVE_CACHE/real-size/), plans it (`paliserve plan --json`,
+as a user would, at concurrency 1 and 4; then again with a profile that `paliserve profile`
+measures on the same checkpoint), serves it with `paliserve up --model DIR --detach` and prints,
+side by side, the planner's figures, vLLM's own (its log lines and its cache-config gauge) and
+what was measured: parameters, weight bytes, image tokens, KV bytes per token, KV tokens, block
+size, peak RAM of each process of the stack (VmHWM of every process under `ray start`, by role)
+and of the whole stack (the largest sum of their RSS, sampled twice a second), and TTFT/TPOT at
+concurrency 1 and 4 (the official openai client, streaming, a different 224 px noise image per
+request so that no prefix is cached). Each figure's error against its target (RAM 10%, KV tokens
+2%, speed 25% uncalibrated and 15% calibrated) and a machine-speed control before and after.
+
+The memory figures are autoscale/memory.py's for the served settings (what `paliserve up` checks
+before it starts); the speed figures are the plan's `predicted` at the planned batch (with the
+host probe, when the planner has one, and no SLO binding).
+
+    .venv/bin/python benchmarks/real_size.py [--model paligemma-3b-pt-224] [--skip-profile]
+
+It needs about 17 GiB of RAM available (it waits up to 10 minutes for it) and 8 GB of disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _control import machine_speed  # noqa: E402
+
+GIB = 2**30
+PALISERVE = str(Path(sys.executable).with_name("paliserve"))
+TARGETS = {"ram": 0.10, "kv": 0.02, "speed": 0.25, "speed calibrated": 0.15}
+MIN_AVAILABLE = 17 * GIB
+RAM_WAIT_S, RAM_POLL_S = 600, 30
+PORTS = range(32000, 33000)
+KV_GIB = 1  # what `paliserve up --model` gives a CPU replica (VLLM_CPU_KVCACHE_SPACE)
+MAX_NUM_SEQS = 64
+BATCHED_TOKENS = 2048
+NO_SLO_MS = 10**7  # an SLO that never binds: the plan's batch is the concurrency
+
+# ---- vLLM's figures: its log lines and its cache-config gauge ---------------------------------
+
+KV_TOKENS = re.compile(r"\b(?:CPU|GPU|XPU|TPU)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens")
+CHECKPOINT = re.compile(r"Checkpoint size: (?P<gib>[\d.]+) GiB")
+KV_SPACE = re.compile(r"Explicitly set \((?P<gib>[\d.]+)/[\d.]+\) GiB for KV cache")
+LOAD_TIME = re.compile(r"Loading weights took (?P<s>[\d.]+) seconds")
+CACHE_CONFIG = re.compile(r"^\w*vllm[:_]cache_config_info\{(?P<labels>[^}]*)\}", re.MULTILINE)
+BLOCK_LABEL = re.compile(r'\bblock_size="(?P<n>\d+)"')
+
+
+@dataclass
+class VllmFigures:
+    kv_tokens: int | None = None
+    checkpoint_gib: float | None = None
+    kv_space_gib: float | None = None
+    load_s: float | None = None
+    block_size: int | None = None
+
+
+def parse_vllm_log(text: str) -> VllmFigures:
+    """What vLLM's engine logs at start-up (the last of each line, for a log of several starts)."""
+
+    def last(pattern: re.Pattern, group: str, kind=float):
+        found = pattern.findall(text) if pattern.groups == 1 else [m.group(group) for m in pattern.finditer(text)]
+        return kind(found[-1].replace(",", "")) if found else None
+
+    return VllmFigures(
+        kv_tokens=last(KV_TOKENS, "tokens", int),
+        checkpoint_gib=last(CHECKPOINT, "gib"),
+        kv_space_gib=last(KV_SPACE, "gib"),
+        load_s=last(LOAD_TIME, "s"),
+    )
+
+
+def block_size_from_metrics(text: str) -> int | None:
+    """The block size in vLLM's cache-config info gauge, as Ray exports it (`ray_vllm_cache_config_info`)."""
+    for match in CACHE_CONFIG.finditer(text):
+        label = BLOCK_LABEL.search(match.group("labels"))
+        if label:
+            return int(label.group("n"))
+    return None
+
+
+def engine_logs(temp_dir: str) -> str:
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker-*")) if p.suffix in (".out", ".err"))
+
+
+# ---- RAM of the stack's processes ------------------------------------------------------------
+
+ROLES = (("VLLM::Worker", "engine worker"), ("VLLM::EngineCore", "engine core"), ("ServeReplica", "front end"))
+PROCESS_ROLES = ("engine worker", "engine core", "front end", "Ray")
+
+
+def role_of(cmdline: str) -> str:
+    """The part of the stack a process under `ray start` is; every other one is Ray's own."""
+    return next((role for marker, role in ROLES if marker in cmdline), "Ray")
+
+
+def peak_rss(status: str) -> int | None:
+    """VmHWM (the process's peak RSS) from the text of /proc/<pid>/status, in bytes."""
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
+
+
+@dataclass
+class RamSampler:
+    """Samples every process of the stack: the descendants of `paliserve up` while it starts them,
+    then those of the `ray start` process (which outlives `up --detach`); also polls Ray's metrics
+    port, once cluster.json names it, for vLLM's cache-config gauge (set once, at the engine's start)."""
+
+    up_pid: int
+    state: Path
+    interval_s: float = 0.5
+    peaks: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (role, VmHWM)
+    total_peak: int = 0
+    block_size: int | None = None
+    root_pid: int | None = None  # the `ray start` process
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> RamSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def by_role(self) -> dict[str, int]:
+        sums = dict.fromkeys(PROCESS_ROLES, 0)
+        for role, peak in self.peaks.values():
+            sums[role] += peak
+        return sums
+
+    def _processes(self):
+        import psutil
+
+        found = {}
+        for pid in (self.up_pid, self.root_pid):
+            try:
+                found.update((p.pid, p) for p in psutil.Process(pid).children(recursive=True))
+                if pid == self.root_pid:
+                    found[pid] = psutil.Process(pid)
+            except (psutil.Error, TypeError):
+                continue
+        for proc in found.values():
+            if self.root_pid is None and "ray start" in " ".join(proc.cmdline()):
+                self.root_pid = proc.pid
+        return list(found.values())
+
+    def _run(self) -> None:
+        import httpx
+        import psutil
+
+        next_metrics = 0.0
+        while not self._stop.is_set():
+            total = 0
+            for proc in self._processes():
+                try:
+                    rss = proc.memory_info().rss
+                    cmdline = " ".join(proc.cmdline()) or proc.name()
+                    hwm = peak_rss(Path(f"/proc/{proc.pid}/status").read_text())
+                except (psutil.Error, OSError):
+                    continue
+                total += rss
+                old = self.peaks.get(proc.pid, ("", 0))[1]
+                self.peaks[proc.pid] = (role_of(cmdline), max(old, hwm or rss))
+            self.total_peak = max(self.total_peak, total)
+            if self.block_size is None and time.monotonic() >= next_metrics:
+                next_metrics = time.monotonic() + 2
+                try:
+                    port = json.loads(self.state.read_text())["metrics_port"]
+                    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                    self.block_size = block_size_from_metrics(text)
+                except (OSError, ValueError, KeyError, httpx.HTTPError):
+                    pass
+            self._stop.wait(self.interval_s)
+
+
+# ---- requests --------------------------------------------------------------------------------
+
+
+def image_url(seed: int, size: int) -> str:
+    """Noise, different per seed: vLLM caches prefixes by image, so a repeated image would skip prefill."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(seed).random((size, size, 3)) * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclass(frozen=True)
+class Sample:
+    ttft_s: float
+    tpot_s: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def one_request(client, model: str, url: str, prompt: str, output_tokens: int) -> Sample:
+    started = time.perf_counter()
+    stamps, usage = [], None
+    stream = client.chat.completions.create(
+        model=model, max_tokens=output_tokens, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        messages=[{"role": "user", "content": [{"type": "text", "text": prompt},
+                                               {"type": "image_url", "image_url": {"url": url}}]}],
+    )  # fmt: skip
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            stamps.append(time.perf_counter())
+        if chunk.usage:
+            usage = chunk.usage
+    if len(stamps) < 2 or usage is None:
+        raise RuntimeError(f"a streamed reply with {len(stamps)} content chunks and usage {usage}")
+    return Sample(stamps[0] - started, (stamps[-1] - stamps[0]) / (len(stamps) - 1), usage.prompt_tokens,
+                  usage.completion_tokens)  # fmt: skip
+
+
+def measure_level(base_url: str, model: str, concurrency: int, rounds: int, prompt: str, output_tokens: int,
+                  image_size: int, seed: int) -> list[Sample]:  # fmt: skip
+    """`rounds` rounds of `concurrency` requests started together (a closed loop per client)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)
+    urls = [image_url(seed + i, image_size) for i in range(concurrency * rounds)]
+
+    def worker(k: int) -> list[Sample]:
+        return [one_request(client, model, urls[k * rounds + r], prompt, output_tokens) for r in range(rounds)]
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return [s for samples in pool.map(worker, range(concurrency)) for s in samples]
+
+
+# ---- the planner -----------------------------------------------------------------------------
+
+
+def planned(model_id: str, concurrency: int, prompt_tokens: int, output_tokens: int, profile: Path | None) -> dict:
+    """`paliserve plan --json` for one tenant on the catalog `cpu`, as a user runs it."""
+    command = [PALISERVE, "plan", "--json", "--model", model_id, "--gpu", "cpu", "--gpu-count", "1",
+               "--concurrency", str(concurrency), "--prompt-tokens", str(prompt_tokens),
+               "--output-tokens", str(output_tokens), "--ttft-ms", str(NO_SLO_MS), "--tpot-ms", str(NO_SLO_MS)]  # fmt: skip
+    if profile is not None:
+        command += ["--profile", str(profile)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)["deployments"][0]
+
+
+def memory_model(arch, dtype: str):
+    """autoscale/memory.py's figures for what `paliserve up --model` serves on a CPU."""
+    from autoscale.memory import cpu_serving_memory
+
+    return cpu_serving_memory(arch, dtype, KV_GIB * GIB, BATCHED_TOKENS, MAX_NUM_SEQS)
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    planner: float | None
+    vllm: float | None
+    measured: float | None
+    target: str | None = None  # key of TARGETS
+    fmt: str = "{:,.0f}"
+
+    def reference(self) -> float | None:
+        return self.measured if self.measured is not None else self.vllm
+
+    def error(self) -> float | None:
+        ref = self.reference()
+        if self.planner is None or not ref:
+            return None
+        return (self.planner - ref) / ref
+
+    def met(self) -> str:
+        err = self.error()
+        if self.target is None or err is None:
+            return ""
+        return "met" if abs(err) <= TARGETS[self.target] else "NOT met"
+
+
+def render(rows: list[Row]) -> str:
+    def cell(v, fmt):
+        return "-" if v is None else fmt.format(v)
+
+    header = ("figure", "planner", "vLLM", "measured", "error", "target", "")
+    table = [header] + [
+        (r.name, cell(r.planner, r.fmt), cell(r.vllm, r.fmt), cell(r.measured, r.fmt),
+         "-" if r.error() is None else f"{r.error():+.1%}",
+         f"±{TARGETS[r.target]:.0%}" if r.target else "", r.met())
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def table_rows(arch, dtype: str, text_tokens: int, checkpoint_metadata: dict, memory, served: dict,
+               plans: dict, calibrated: dict) -> list[Row]:  # fmt: skip
+    """Planner vs vLLM vs measured. `served`: serve_and_measure's result; `plans`/`calibrated`: the
+    planned deployment (JSON) per concurrency."""
+    from autoscale.memory import DTYPE_BYTES, kv_bytes_per_token, kv_tokens, param_counts, vllm_block_size, weight_bytes
+
+    vllm: VllmFigures = served["vllm"]
+    per_token = kv_bytes_per_token(arch.text, DTYPE_BYTES[dtype])
+    block = vllm_block_size("cpu")
+    image_tokens_served = served["warm_up"].prompt_tokens - text_tokens - 2  # <bos> and "\n" frame the text
+    rows = [
+        Row("parameters", param_counts(arch).total, None, checkpoint_metadata["total_parameters"]),
+        Row("weight bytes (GiB)", weight_bytes(arch, dtype) / GIB, vllm.checkpoint_gib,
+            checkpoint_metadata["total_size"] / GIB, fmt="{:.2f}"),
+        Row("image tokens", arch.vision.image_tokens, image_tokens_served, None),
+        Row("KV bytes/token (vLLM: space / tokens)", per_token,
+            vllm.kv_space_gib * GIB / vllm.kv_tokens if vllm.kv_tokens and vllm.kv_space_gib else None, None,
+            fmt="{:,.1f}"),
+        Row("KV tokens", kv_tokens(KV_GIB * GIB, per_token, block), vllm.kv_tokens, None, "kv"),
+        Row("block size", block, vllm.block_size, None),
+    ]  # fmt: skip
+    predicted = memory.processes()
+    for role in PROCESS_ROLES:
+        rows.append(Row(f"peak RAM {role} (GiB)", predicted[role] / GIB, None, served["ram"][role] / GIB, "ram", "{:.2f}"))
+    rows.append(Row("peak RAM stack (GiB)", memory.total / GIB, None, served["ram_total"] / GIB, "ram", "{:.2f}"))
+    for c in (1, 4):
+        samples = served["levels"][c]
+        ttft = statistics.mean(s.ttft_s for s in samples) * 1e3
+        tpot = statistics.mean(s.tpot_s for s in samples) * 1e3
+        rows.append(Row(f"TTFT ms c={c}", plans[c]["predicted"]["ttft_p95_ms"], None, ttft, "speed"))
+        rows.append(Row(f"TPOT ms c={c}", plans[c]["predicted"]["tpot_ms"], None, tpot, "speed"))
+        if calibrated:
+            rows.append(Row(f"TTFT ms c={c}, calibrated", calibrated[c]["predicted"]["ttft_p95_ms"], None, ttft,
+                            "speed calibrated"))  # fmt: skip
+            rows.append(Row(f"TPOT ms c={c}, calibrated", calibrated[c]["predicted"]["tpot_ms"], None, tpot,
+                            "speed calibrated"))  # fmt: skip
+    return rows
+
+
+# ---- running it ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+def wait_for_ram(need: int, say) -> None:
+    import psutil
+
+    deadline = time.monotonic() + RAM_WAIT_S
+    while (available := psutil.virtual_memory().available) < need:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {available / GIB:.1f} GiB of RAM available after {RAM_WAIT_S} s; need {need / GIB:.1f}")
+        say(f"waiting for RAM: {available / GIB:.1f} GiB available, need {need / GIB:.1f} GiB")
+        time.sleep(RAM_POLL_S)
+
+
+def checkpoint_dir(cache: Path, model_id: str, dtype: str, expected_params: int, say) -> Path:
+    path = cache / "real-size" / f"{model_id}-{dtype}"
+    index = path / "model.safetensors.index.json"
+    if index.exists() and json.loads(index.read_text())["metadata"].get("total_parameters") == expected_params:
+        say(f"checkpoint: reusing {path}")
+        return path
+    started = time.monotonic()
+    done = subprocess.run([PALISERVE, "random-checkpoint", model_id, str(path), "--dtype", dtype],
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"random-checkpoint failed: {done.stderr[-2000:]}")
+    say(f"checkpoint: built {path} in {time.monotonic() - started:.0f} s")
+    return path
+
+
+def run_profile(checkpoint: Path, model_id: str, dtype: str, out: Path, say) -> None:
+    started = time.monotonic()
+    command = [PALISERVE, "profile", "--checkpoint", str(checkpoint), "--model", model_id, "--accelerator", "cpu",
+               "--dtype", dtype, "--prompt-tokens", "4,16,64", "--batches", "1,2,4", "--decode-tokens", "16",
+               "--repeats", "2", "-o", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"paliserve profile failed: {done.stderr[-3000:]}")
+    say(f"profile: {out} in {time.monotonic() - started:.0f} s")
+
+
+def serve_and_measure(checkpoint: Path, dtype: str, image_size: int, state_dir: Path, args, say) -> dict:
+    port = free_port()
+    env = {**os.environ, "PALISERVE_CACHE": str(state_dir)}
+    state = state_dir / "cluster.json"
+    state.unlink(missing_ok=True)
+    started = time.monotonic()
+    up = subprocess.Popen([PALISERVE, "up", "--model", str(checkpoint), "--device", "cpu", "--dtype", dtype, "--detach",
+                           "--port", str(port), "--max-model-len", str(args.max_model_len), "--no-prometheus"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    sampler = RamSampler(up.pid, state).start()
+    result: dict = {}
+    try:
+        _, stderr = up.communicate(timeout=1800)
+        result["up_s"] = time.monotonic() - started
+        if up.returncode != 0:
+            raise SystemExit(f"paliserve up failed ({up.returncode}): {stderr[-3000:]}")
+        say(f"serving on port {port} after {result['up_s']:.0f} s")
+        base_url = f"http://127.0.0.1:{port}/v1"
+        model = checkpoint.name
+        warm = measure_level(base_url, model, 1, 1, args.prompt, 2, image_size, seed=10_000)
+        result["warm_up"] = warm[0]
+        levels = {}
+        for concurrency, rounds in ((1, args.rounds_c1), (4, args.rounds_c4)):
+            levels[concurrency] = measure_level(base_url, model, concurrency, rounds, args.prompt, args.output_tokens,
+                                                image_size, seed=concurrency * 1000)  # fmt: skip
+            s = levels[concurrency]
+            say(f"c={concurrency}: {len(s)} requests, TTFT mean {statistics.mean(x.ttft_s for x in s):.2f} s, "
+                f"TPOT mean {statistics.mean(x.tpot_s for x in s) * 1e3:.0f} ms")  # fmt: skip
+        result["levels"] = levels
+        info = json.loads(state.read_text())
+        result["vllm"] = parse_vllm_log(engine_logs(info["temp_dir"]))
+    finally:
+        sampler.stop()
+        if up.poll() is None:
+            up.terminate()  # `up` stops what it started when stopped while starting
+            up.wait(timeout=300)
+        down = subprocess.run([PALISERVE, "down"], env=env, capture_output=True, text=True, timeout=300)
+        if down.returncode != 0:
+            say(f"paliserve down: {down.stderr[-1000:]}")
+        if sampler.root_pid is not None:  # e.g. `up` stopped before it recorded the cluster
+            from serve.cluster import stop_process_tree
+
+            stop_process_tree(sampler.root_pid)
+    if "vllm" in result:
+        result["vllm"].block_size = sampler.block_size
+    result["ram"] = sampler.by_role()
+    result["ram_total"] = sampler.total_peak
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="paligemma-3b-pt-224", help="catalog id of the architecture")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--prompt", default="caption en")
+    parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument("--rounds-c1", type=int, default=4, help="requests at concurrency 1")
+    parser.add_argument("--rounds-c4", type=int, default=2, help="rounds of 4 requests at concurrency 4")
+    parser.add_argument("--skip-profile", action="store_true", help="no calibrated column (saves ~3 minutes)")
+    parser.add_argument("--profile", type=Path, help="use this profile instead of measuring one")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the stack is stopped on the way out
+
+    from autoscale.memory import param_counts
+    from paliserve.local import cache_dir
+    from paliserve.random_checkpoint import catalog_architecture
+
+    def say(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    control_before = machine_speed()
+    say(f"machine-speed control: {control_before:.3f} s")
+    arch = catalog_architecture(args.model)
+    params = param_counts(arch).total
+    cache = cache_dir()
+    work = cache / "real-size"
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_dir(cache, args.model, args.dtype, params, say)
+    from transformers import AutoTokenizer
+
+    text_tokens = len(AutoTokenizer.from_pretrained(checkpoint)(args.prompt, add_special_tokens=False).input_ids)
+
+    memory = memory_model(arch, args.dtype)
+    need = max(MIN_AVAILABLE, memory.total + GIB)
+    profile = args.profile
+    if profile is None and not args.skip_profile:
+        profile = work / f"profile-{args.model}-{args.dtype}.yaml"
+        wait_for_ram(need, say)
+        run_profile(checkpoint, args.model, args.dtype, profile, say)
+    plans = {c: planned(args.model, c, text_tokens, args.output_tokens, None) for c in (1, 4)}
+    calibrated = {c: planned(args.model, c, text_tokens, args.output_tokens, profile) for c in (1, 4)} if profile else {}
+
+    wait_for_ram(need, say)
+    served = serve_and_measure(checkpoint, args.dtype, arch.vision.image_size, work / "state", args, say)
+    control_after = machine_speed()
+    say(f"machine-speed control: {control_after:.3f} s")
+
+    vllm: VllmFigures = served["vllm"]
+    index = json.loads((checkpoint / "model.safetensors.index.json").read_text())
+    rows = table_rows(arch, args.dtype, text_tokens, index["metadata"], memory, served, plans, calibrated)
+    warm = served["warm_up"]
+    print(f"\nbenchmarks/real_size.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    print(f"{args.model} random weights, {args.dtype}, served by `paliserve up --model DIR` on the CPU "
+          f"(KV cache {KV_GIB} GiB, max_model_len {args.max_model_len}); prompt {args.prompt!r} "
+          f"({text_tokens} text tokens), {args.output_tokens} output tokens, ignore_eos")  # fmt: skip
+    print(f"plan: dtype {plans[1]['engine_args']['dtype']}, {plans[1]['calibration']}")
+    if calibrated:
+        print(f"calibrated plan: {calibrated[1]['calibration']}")
+    print(f"up to serving {served['up_s']:.0f} s (vLLM loaded the weights in {vllm.load_s} s); first request "
+          f"TTFT {warm.ttft_s:.1f} s; {warm.prompt_tokens} prompt tokens")  # fmt: skip
+    print(render(rows))
+    print(f"machine-speed control (benchmarks/_control.py): {control_before:.3f} s before, {control_after:.3f} s after")
+    missed = [r.name for r in rows if r.met() == "NOT met"]
+    print("targets: " + ("all met" if not missed else f"not met: {', '.join(missed)}"))
+
+
+if __name__ == "__main__":
+    main()
