@@ -240,3 +240,13 @@ def test_down_on_the_node_leaves_and_the_head_serves_on(cluster):
             return False
 
     wait_for(served, 60, 1, "the head serving after the node left")
+
+
+def test_down_on_the_head_stops_the_cluster(cluster):
+    head_tree = _tree(cluster["state"]["pid"])
+    assert head_tree
+    stopped = _paliserve(["down"], cluster["head_cache"], timeout=180)
+    assert stopped.returncode == 0 and "paliserve stopped" in stopped.stderr, stopped.stderr
+    _, alive = psutil.wait_procs(head_tree, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    assert not (cluster["head_cache"] / "cluster.json").exists()
