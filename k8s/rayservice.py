@@ -44,6 +44,9 @@ def rayservice(plan: Plan, groups: list[WorkerGroup], settings: Settings) -> dic
         "metadata": {"name": settings.name, "labels": settings.labels},
         "spec": {
             "serveConfigV2": serve_config_text(plan),
+            # the head (no CPUs, no replicas) takes no client traffic: its loss and restart
+            # (GCS fault tolerance) never reach a client through its proxy
+            **({"excludeHeadPodFromServeSvc": True} if gcs_fault_tolerance(settings) else {}),
             "serveService": {
                 "metadata": {"name": f"{settings.name}-serve", "labels": settings.labels},
                 "spec": {"type": "ClusterIP",

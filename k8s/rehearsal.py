@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+import psutil
 import yaml
+
+from serve.cluster import stop_process_tree
 
 HEAD, WORKER = "head", "worker"
 GCS_PORT = 6379  # utils.DefaultGcsServerPort
@@ -141,9 +144,9 @@ def operator_env(node_type: str, cluster: str, group: str, pod_name: str, head_h
         env += [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "value": auth_token}]
     if gcs_ft is not None:
         if node_type == WORKER:
-            env.append({"name": "RAY_GCS_RPC_SERVER_RECONNECT_TIMEOUT_S", "value": WORKER_GCS_RECONNECT_TIMEOUT_S})
+            env.append({"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": WORKER_GCS_RECONNECT_TIMEOUT_S})
         else:
-            env.append({"name": "RAY_EXTERNAL_STORAGE_NAMESPACE", "value": gcs_ft.get("externalStorageNamespace", cluster)})
+            env.append({"name": "RAY_external_storage_namespace", "value": gcs_ft.get("externalStorageNamespace", cluster)})
             env.append({"name": "RAY_REDIS_ADDRESS", "value": gcs_ft["redisAddress"]})
             if "redisPassword" in gcs_ft:
                 env.append({"name": "REDIS_PASSWORD", **gcs_ft["redisPassword"]})
@@ -295,6 +298,10 @@ class Pod:
     process: subprocess.Popen | None = None
 
     @property
+    def env_temp_dir(self) -> Path:
+        return self.directory / "ray"
+
+    @property
     def log_file(self) -> Path:
         return self.directory / "container.log"
 
@@ -361,9 +368,12 @@ class Rehearsal:
         env = resolve_env([*(container.get("env") or []), *added], self.objects, fields)
         env = self.local.env(env)
         self.local.materialise(template, container, self.objects)
-        # the pod's own /tmp (HAProxy's files and ports) and the dashboard's metrics port
+        # the pod's own /tmp (HAProxy's files and ports) and the dashboard's metrics port; every
+        # pod's HAProxy listens on the one serve port (Serve's SO_REUSEPORT setting), as each
+        # would on its own pod IP, and the kernel spreads connections over the live ones, as the
+        # Service does over its endpoints
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-               **haproxy_env(str(directory), self.local.free_port),
+               **haproxy_env(str(directory), self.local.free_port), "SERVE_SOCKET_REUSE_PORT_ENABLED": "1",
                "DASHBOARD_METRIC_PORT": str(self.local.free_port()), **self.extra_env, **env}
         for init in template.get("initContainers") or []:
             self.local.materialise(template, init, self.objects)
@@ -384,6 +394,32 @@ class Rehearsal:
                 tail = pod.log_file.read_text(errors="replace")[-2000:]
                 raise RehearsalFailed(f"{pod.name}: ray start did not come up: {tail}")
             time.sleep(0.25)
+
+    def restart(self, pod: Pod, attempts: int = 3, timeout_s: float = 120) -> int:
+        """What the kubelet does when a container exits (restartPolicy Always): run the container's
+        command again in the same pod (same address, ports, files; init containers not again),
+        and again after 10 s, 20 s, ... while it fails (CrashLoopBackOff). Returns the attempts."""
+        if pod.process is not None and pod.process.poll() is None:
+            raise RehearsalFailed(f"{pod.name}: its container is still running")
+        self.pods.remove(pod)
+        for attempt in range(1, attempts + 1):
+            pod.log_file.rename(pod.directory / "container.previous.log")  # `kubectl logs --previous`
+            # `ray start --head` refuses to start where its last cluster's address is still named
+            # by a running process's --gcs-address: here the worker pods' processes, which a pod of
+            # its own would not see; the record of the last address goes, the rest of /tmp/ray stays
+            (pod.env_temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+            try:
+                self._run(pod, timeout_s)
+                break
+            except RehearsalFailed:
+                self.pods.remove(pod)
+                if pod.process.poll() is None:
+                    stop_process_tree(pod.process.pid)
+                if attempt == attempts:
+                    raise
+                time.sleep(10 * 2 ** (attempt - 1))
+        self.pods.sort(key=lambda p: p.node_type != HEAD)
+        return attempt
 
     def headers(self) -> dict[str, str]:
         auth = (self.cluster.get("authOptions") or {}).get("mode") == "token"
@@ -426,16 +462,20 @@ class Rehearsal:
                     raise RehearsalFailed(f"DEPLOY_FAILED: {failed}")
                 if statuses and all(s == "RUNNING" for s in statuses.values()):
                     return apps
-                last = statuses
+                last = {n: (apps[n].get("status"), {d: (dep.get("status"), dep.get("message"))
+                                                    for d, dep in (apps[n].get("deployments") or {}).items()})
+                        for n in apps}
             time.sleep(1)
         raise RehearsalFailed(f"not RUNNING within {timeout_s}s: {last}")
 
     def stop(self) -> None:
-        from serve.cluster import stop_process_tree
-
         for pod in reversed(self.pods):
             if pod.process is not None:
                 stop_process_tree(pod.process.pid)
+            # what left the pod's tree (HAProxy started anew by a reload): named by its files
+            for proc in psutil.process_iter(["cmdline"]):
+                if str(pod.directory) in " ".join(proc.info["cmdline"] or []):
+                    stop_process_tree(proc.pid)
             shutil.rmtree(pod.directory, ignore_errors=True)
         self.pods = []
 

@@ -74,7 +74,7 @@ def test_operator_env_for_gcs_fault_tolerance():
     assert head["RAY_REDIS_ADDRESS"]["value"] == "redis:6379" and head["REDIS_PASSWORD"]["valueFrom"]
     assert head["RAY_ADDRESS"]["value"] == "127.0.0.1:6379" and head["RAY_AUTH_TOKEN"]["value"] == "tok"
     worker = {e["name"]: e for e in operator_env(WORKER, "c", "cpu", "c-w", "c-head-svc", "6379", "ray start", None, ft)}
-    assert worker["RAY_GCS_RPC_SERVER_RECONNECT_TIMEOUT_S"]["value"] == "600"
+    assert worker["RAY_gcs_rpc_server_reconnect_timeout_s"]["value"] == "600"
     assert "RAY_REDIS_ADDRESS" not in worker and "RAY_AUTH_MODE" not in worker
 
 
@@ -121,7 +121,7 @@ def test_mounted_secret_and_configmap_become_files(tmp_path):
 def test_gcs_fault_tolerance_is_rendered_and_valid(settings, store):
     files = render(cpu_plan(), "dev", settings)
     ft = [t for p, t in files.items() if p.endswith("rayservice.yaml")][0]
-    assert "gcsFaultToleranceOptions" in ft
+    assert "gcsFaultToleranceOptions" in ft and "excludeHeadPodFromServeSvc: true" in ft
     assert any("gcsstore-deployment" in p for p in files) == store
     import yaml
 
@@ -131,4 +131,5 @@ def test_gcs_fault_tolerance_is_rendered_and_valid(settings, store):
 
 def test_without_gcs_fault_tolerance_nothing_is_rendered():
     files = render(cpu_plan(), "dev", Settings(tiny_model=TINY_MODEL))
-    assert not any("gcsFaultToleranceOptions" in t or "gcsstore" in p for p, t in files.items())
+    assert not any("gcsFaultToleranceOptions" in t or "excludeHeadPodFromServeSvc" in t or "gcsstore" in p
+                   for p, t in files.items())

@@ -87,3 +87,95 @@ def test_the_rendered_rayservice_serves_chat(rehearsal):
     r = chat(rehearsal.url)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] is not None
+
+
+class Load:
+    """`clients` threads sending short chats back to back; each outcome (start, end, label) kept.
+    A connection refused before any byte was sent is retried once, as the openai client does."""
+
+    def __init__(self, url: str, clients: int = 2):
+        self.url, self.outcomes, self.stopping = url, [], threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self):
+        with httpx.Client(transport=httpx.HTTPTransport(retries=1)) as client:
+            while not self.stopping.is_set():
+                start = time.monotonic()
+                try:
+                    r = client.post(f"{self.url}/v1/chat/completions", json=chat_body(MODEL, 8),
+                                    headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+                    label = str(r.status_code)
+                except httpx.HTTPError as error:
+                    label = type(error).__name__
+                self.outcomes.append((start, time.monotonic(), label))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=40)
+
+
+def gcs_server(pod) -> psutil.Process:
+    procs = [p for p in psutil.Process(pod.process.pid).children(recursive=True) if p.name() == "gcs_server"]
+    assert len(procs) == 1, procs
+    return procs[0]
+
+
+@pytest.mark.skip(reason="not reliable on one host yet (README, reliability table): in 2 runs on "
+                  "2026-11-30 the head came back whole once (125.9 s) and once without its dashboard, "
+                  "and clients failed through the head's proxy in both; run it by removing this mark")
+def test_head_lost_with_gcs_fault_tolerance_keeps_serving(rehearsal):
+    """Kill the head pod's gcs_server (by PID) under light load: `ray start --block` then stops the
+    head container, the rehearsal restarts it as the kubelet would, the new GCS loads the cluster
+    from Redis, the worker's raylet reconnects, and the worker's replica serves throughout."""
+    head, times, problem = rehearsal.head, {}, None
+    with Load(rehearsal.url) as load:
+        time.sleep(3)
+        times["killed"] = time.monotonic()
+        gcs_server(head).kill()
+        head.process.wait(timeout=60)  # the head container exits: Ray stops the head's other processes
+        times["exited"] = time.monotonic()
+        try:
+            attempts = rehearsal.restart(head)
+            times["started"] = time.monotonic()
+            apps = rehearsal.wait_running(timeout_s=90)
+            times["running"] = time.monotonic()
+            # Serve's controller acts again: a new autoscaling target reaches the deployment
+            config = yaml.safe_load(rehearsal.service["spec"]["serveConfigV2"])
+            config["applications"][0]["deployments"][0]["autoscaling_config"]["target_ongoing_requests"] = 128.0
+            rehearsal.deploy(config)
+
+            def applied():
+                deployment = rehearsal.applications()["paliserve"]["deployments"]["tiny-paligemma"]
+                target = deployment["deployment_config"]["autoscaling_config"]["target_ongoing_requests"]
+                return target == 128.0 and deployment["status"] == "HEALTHY"
+
+            wait_for(applied, 60, what="the new autoscaling target applied by the controller")
+            times["controller"] = time.monotonic()
+        except Exception as error:  # the figures below are printed either way
+            problem = error
+        times["end"] = time.monotonic()
+        time.sleep(2)
+    outcomes, killed = load.outcomes, times["killed"]
+    down = [o for o in outcomes if killed <= o[0] <= times.get("running", times["end"])]
+    failed = [o for o in outcomes if o[2] != "200"]
+    after = {k: f"{v - killed:.1f} s" for k, v in times.items() if k != "killed"}
+    by_label = {label: (sum(o[2] == label for o in failed), min(o[0] for o in failed if o[2] == label) - killed,
+                        max(o[0] for o in failed if o[2] == label) - killed) for label in {o[2] for o in failed}}
+    print(f"\nGCS lost under load ({len(load.threads)} clients): {len(outcomes)} requests, {len(failed)} failed "
+          + ", ".join(f"{n} {label} (sent {a:.1f}-{b:.1f} s after the kill)" for label, (n, a, b) in sorted(by_label.items()))
+          + f"; {sum(o[2] == '200' for o in down)} of {len(down)} served while the head was down or coming back; "
+          f"after the kill: {after}; longest request {max(o[1] - o[0] for o in outcomes):.2f} s; "
+          f"recovery: {problem or f'whole again, {attempts} start(s)'}")
+    # Not asserted: 0 failed. On one host every pod's HAProxy shares the serve port, so the kernel
+    # also hands clients to the dead head's and the restarting head's proxy (404 before it has
+    # routes), which a Service would not (README, Deploy on Kubernetes); the figure is printed.
+    assert not [o for o in outcomes if o[0] < killed and o[2] != "200"], "failures before the kill"
+    assert sum(o[2] == "200" for o in down) > 0, "the worker's replica served nothing while the head was down"
+    assert problem is None, problem
+    assert apps["paliserve"]["status"] == "RUNNING"
