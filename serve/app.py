@@ -29,6 +29,7 @@ def tenancy_config(plan: Plan) -> dict:
         "adapters": {d.model_name: [a.model_dump(mode="json") for a in d.adapters] for d in plan.deployments},
         "capacity": {d.model_name: -(-admission_capacity(d, plan.replicas_behind_ingress(d)) // gateways)
                      for d in plan.deployments},
+        "gateways": plan.ingress_replicas(),  # who share the quota store: sizes local credit
     }
 
 

@@ -1,10 +1,10 @@
-"""The gateway's admission path: authenticate, authorize the target, take a quota (from the
-cluster's quota store) and a fair-queue slot, and, when the request ends, settle tokens and record metrics."""
+"""The gateway's admission path: authenticate, authorize the target, take a quota (from local
+credit or the cluster's quota store) and a fair-queue slot, and, when the request ends, settle
+tokens and record metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from paliserve.spec import AdapterPlan, TenantPlan
 from serve.errors import APIError, Overloaded, RateLimited, retry_after
 from serve.tenancy.access import Catalog, Target
+from serve.tenancy.credit import QuotaCredit
 from serve.tenancy.fairness import FairGate
 from serve.tenancy.fairshare import SharedCounters
 from serve.tenancy.identity import TenantDirectory
@@ -30,6 +31,9 @@ class TenancyConfig:
     tenants: list[dict] = field(default_factory=list)
     adapters: dict[str, list[dict]] = field(default_factory=dict)  # model -> adapters
     capacity: dict[str, int] = field(default_factory=dict)  # model -> requests the engines take at once
+    # ingress replicas sharing the quota store, at most (local credit is sized by it); None: no
+    # local credit, every admission of a limited tenant asks the store
+    gateways: int | None = None
 
 
 @dataclass
@@ -93,6 +97,7 @@ class Tenancy:
         self.catalog = Catalog(list(config.capacity), adapters)
         self.gates = {model: FairGate(capacity) for model, capacity in config.capacity.items()}
         self.quotas = quotas  # None: no store configured (limited tenants then get 503)
+        self.credit = QuotaCredit(quotas, config.gateways) if quotas is not None else None
         self.metrics = TenantMetrics()
         self._in_flight: dict[tuple, int] = {}
         self._sharing: asyncio.Task | None = None  # fair-share counters shared through the store
@@ -151,7 +156,7 @@ class Tenancy:
         except BaseException as exc:
             self._count(tags, -1)
             if quota_id is not None:
-                self._settle_quota(tenant, quota_id, 0)
+                self.credit.settle(tenant.name, quota_id, 0)
             if isinstance(exc, APIError):
                 self.reject(tenant, target.name, "overloaded", exc.status_code)
             raise
@@ -160,13 +165,16 @@ class Tenancy:
         return ticket
 
     async def _take_quota(self, tenant: TenantPlan, target: Target) -> str:
-        """One atomic script in the quota store, with the tenant's limits as they are now; the
-        request's id in the store, to settle it with."""
+        """From the tenant's local credit, or one atomic script in the quota store, with the
+        tenant's limits as they are now; the request's id in the store, to settle it with."""
+        if self.credit is not None:
+            quota_id = self.credit.take(tenant.name, tenant.limits)
+            if quota_id is not None:
+                return quota_id
         try:
-            if self.quotas is None:
+            if self.credit is None:
                 raise QuotaUnavailable("no quota store configured")
-            quota_id = self.quotas.new_id()
-            rejection = await self.quotas.acquire(tenant.name, tenant.limits, quota_id)
+            quota_id, rejection = await self.credit.acquire(tenant.name, tenant.limits)
         except QuotaUnavailable as exc:  # fail closed: without the store no limit can be checked
             logger.warning("quota store unavailable: %s", exc)
             self.reject(tenant, target.name, "quota_authority_unavailable", 503)
@@ -183,26 +191,8 @@ class Tenancy:
         held = time.monotonic() - ticket.admitted if ticket.admitted is not None else None
         self.gates[ticket.target.model].release(name, weight, ticket.estimate, tokens, held)
         self._count(ticket.tags, -1)
-        if ticket.quota_id is not None:
-            self._settle_quota(ticket.tenant, ticket.quota_id, tokens)
-
-    def _settle_quota(self, tenant: TenantPlan, quota_id: str, tokens: int, attempt: int = 0) -> None:
-        """Queued for the store's next pipeline: the response need not wait for the bookkeeping.
-        Tried 3 times; a request never settled still frees its concurrency slot when its lease
-        lapses (serve/tenancy/quotas.py), but its tokens are not counted."""
-        try:
-            reply = self.quotas.settle_soon(tenant.name, quota_id, tokens)
-        except RuntimeError:  # no loop (a ticket collected at shutdown): nothing left to settle with
-            logger.warning("could not settle the quota of %s: no event loop", tenant.name)
-            return
-        reply.add_done_callback(functools.partial(self._settled, tenant, quota_id, tokens, attempt))
-
-    def _settled(self, tenant: TenantPlan, quota_id: str, tokens: int, attempt: int, reply: asyncio.Future) -> None:
-        if reply.cancelled() or reply.exception() is None:
-            return
-        logger.warning("settling quota of %s failed (attempt %d): %s", tenant.name, attempt + 1, reply.exception())
-        if attempt < 2:
-            asyncio.get_running_loop().call_later(0.5 * (attempt + 1), self._settle_quota, tenant, quota_id, tokens, attempt + 1)
+        if ticket.quota_id is not None:  # sent in the background; a lease never settled lapses on its own
+            self.credit.settle(ticket.tenant.name, ticket.quota_id, tokens)
 
     @staticmethod
     def _ttft_slo_s(tenant: TenantPlan | None) -> float | None:
