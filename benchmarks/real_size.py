@@ -134,6 +134,7 @@ class RamSampler:
     state: Path
     interval_s: float = 0.5
     peaks: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (role, VmHWM)
+    names: dict[int, str] = field(default_factory=dict)  # pid -> command line
     total_peak: int = 0
     block_size: int | None = None
     root_pid: int | None = None  # the `ray start` process
@@ -159,11 +160,13 @@ class RamSampler:
 
         found = {}
         for pid in (self.up_pid, self.root_pid):
+            if pid is None:  # psutil.Process(None) is this process
+                continue
             try:
                 found.update((p.pid, p) for p in psutil.Process(pid).children(recursive=True))
                 if pid == self.root_pid:
                     found[pid] = psutil.Process(pid)
-            except (psutil.Error, TypeError):
+            except psutil.Error:
                 continue
         for proc in found.values():
             if self.root_pid is None and "ray start" in " ".join(proc.cmdline()):
@@ -187,6 +190,7 @@ class RamSampler:
                 total += rss
                 old = self.peaks.get(proc.pid, ("", 0))[1]
                 self.peaks[proc.pid] = (role_of(cmdline), max(old, hwm or rss))
+                self.names[proc.pid] = cmdline
             self.total_peak = max(self.total_peak, total)
             if self.block_size is None and time.monotonic() >= next_metrics:
                 next_metrics = time.monotonic() + 2
@@ -461,6 +465,8 @@ def serve_and_measure(checkpoint: Path, dtype: str, image_size: int, state_dir: 
         result["vllm"].block_size = sampler.block_size
     result["ram"] = sampler.by_role()
     result["ram_total"] = sampler.total_peak
+    result["ram_by_process"] = sorted(((peak, role, sampler.names.get(pid, "?")[:90]) for pid, (role, peak) in sampler.peaks.items()),
+                                      reverse=True)  # fmt: skip
     return result
 
 
@@ -526,6 +532,8 @@ def main() -> None:
     print(f"up to serving {served['up_s']:.0f} s (vLLM loaded the weights in {vllm.load_s} s); first request "
           f"TTFT {warm.ttft_s:.1f} s; {warm.prompt_tokens} prompt tokens")  # fmt: skip
     print(render(rows))
+    print("peak RSS by process: " + "; ".join(f"{name} ({role}) {peak / GIB:.2f} GiB"
+                                               for peak, role, name in served["ram_by_process"] if peak >= 0.05 * GIB))  # fmt: skip
     print(f"machine-speed control (benchmarks/_control.py): {control_before:.3f} s before, {control_after:.3f} s after")
     missed = [r.name for r in rows if r.met() == "NOT met"]
     print("targets: " + ("all met" if not missed else f"not met: {', '.join(missed)}"))

@@ -128,3 +128,24 @@ def test_the_table_puts_planner_vllm_and_measured_side_by_side():
     assert rows["TTFT ms c=1"].error() == pytest.approx(0.2) and rows["TTFT ms c=1"].met() == "met"
     assert rows["TPOT ms c=4"].met() == "NOT met"
     assert not any("calibrated" in name for name in rows)
+
+
+def test_the_sampler_follows_what_up_starts_and_not_itself(tmp_path):
+    """Before cluster.json names `ray start`, only `up`'s descendants are the stack (a first run
+    counted the benchmark and `up` themselves as Ray's)."""
+    import subprocess
+    import time
+
+    from benchmarks.real_size import RamSampler
+
+    up = subprocess.Popen(["sh", "-c", "sleep 5 & sleep 5; wait"])
+    try:
+        sampler = RamSampler(up.pid, tmp_path / "cluster.json", interval_s=0.1).start()
+        time.sleep(1.0)
+        sampler.stop()
+    finally:
+        up.kill()
+        up.wait()
+    assert os.getpid() not in sampler.peaks and up.pid not in sampler.peaks
+    assert sampler.peaks and all(role == "Ray" for role, _ in sampler.peaks.values())
+    assert all("sleep" in name for name in sampler.names.values())
