@@ -401,6 +401,7 @@ class Rehearsal:
         and again after 10 s, 20 s, ... while it fails (CrashLoopBackOff). Returns the attempts."""
         if pod.process is not None and pod.process.poll() is None:
             raise RehearsalFailed(f"{pod.name}: its container is still running")
+        self._stop_leftovers(pod)  # a container that exits takes every process in it along
         self.pods.remove(pod)
         for attempt in range(1, attempts + 1):
             pod.log_file.rename(pod.directory / "container.previous.log")  # `kubectl logs --previous`
@@ -468,14 +469,22 @@ class Rehearsal:
             time.sleep(1)
         raise RehearsalFailed(f"not RUNNING within {timeout_s}s: {last}")
 
+    @staticmethod
+    def _stop_leftovers(pod: Pod) -> None:
+        """What left the pod's process tree (HAProxy started anew by a reload, Ray's daemons of an
+        exited `ray start`): named by the pod's directory in their command lines."""
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if str(pod.directory) in " ".join(proc.info["cmdline"] or []):
+                    stop_process_tree(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
+
     def stop(self) -> None:
         for pod in reversed(self.pods):
             if pod.process is not None:
                 stop_process_tree(pod.process.pid)
-            # what left the pod's tree (HAProxy started anew by a reload): named by its files
-            for proc in psutil.process_iter(["cmdline"]):
-                if str(pod.directory) in " ".join(proc.info["cmdline"] or []):
-                    stop_process_tree(proc.pid)
+            self._stop_leftovers(pod)
             shutil.rmtree(pod.directory, ignore_errors=True)
         self.pods = []
 

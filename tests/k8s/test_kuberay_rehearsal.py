@@ -126,9 +126,9 @@ def gcs_server(pod) -> psutil.Process:
     return procs[0]
 
 
-@pytest.mark.skip(reason="not reliable on one host yet (README, reliability table): in 2 runs on "
-                  "2026-11-30 the head came back whole once (125.9 s) and once without its dashboard, "
-                  "and clients failed through the head's proxy in both; run it by removing this mark")
+@pytest.mark.skip(reason="not reliable on one host yet (README, reliability table): in 3 runs on "
+                  "2026-11-30 the head came back whole twice (102-126 s) and once without its dashboard, "
+                  "and the worker's HAProxy did not always hold the serve port; run it by removing this mark")
 def test_head_lost_with_gcs_fault_tolerance_keeps_serving(rehearsal):
     """Kill the head pod's gcs_server (by PID) under light load: `ray start --block` then stops the
     head container, the rehearsal restarts it as the kubelet would, the new GCS loads the cluster
