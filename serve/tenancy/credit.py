@@ -8,8 +8,8 @@ gateway with no call at all. A gateway may hold at most 1 / (2 x gateways + 1) o
 has left (the store checks it when granting), so far from the limits the credit held by all the
 gateways together stays a small part of the headroom, and near them none is granted: every admission is one exact `ACQUIRE` again.
 How much is asked follows the tenant's rate here (its admissions in the last `HORIZON_S`, at
-most `MAX_CREDIT`), and more is asked in the background when half of it is used, so a steady
-tenant never waits. Credit lives `CREDIT_TTL_S`; what is left then is handed back (members
+most `MAX_CREDIT`; twice that is asked for, and more in the background when what is held falls
+to it), so a steady tenant does not wait. Credit lives `CREDIT_TTL_S`; what is left then is handed back (members
 removed). Bookkeeping leaves in one script call per tenant per `FLUSH_S` (sooner for a tenant
 without credit, as before): settlements, credit handed back, and the time each credit was really
 used (the entry is re-stamped, so the 60 s window slides from the admission, not the reservation).
@@ -192,15 +192,16 @@ class QuotaCredit:
     # ---- credit ----------------------------------------------------------------------------
 
     def _wanted(self, state: TenantCredit, now: float) -> int:
-        """Credit to ask for once half of it is used: the tenant's recent admissions here, less
-        the credit held; 0 below MIN_CREDIT (or without `gateways`)."""
+        """Credit to ask for once what is held would last less than HORIZON_S at the tenant's
+        recent rate here: enough for twice that, less what is held; 0 below MIN_CREDIT (or
+        without `gateways`)."""
         if self.gateways is None:
             return 0
         target = min(MAX_CREDIT, max(state.previous, state.bucket))
         if target < MIN_CREDIT:
             return 0
         held = sum(b.last - b.next + 1 for b in state.blocks)
-        return target - held if held * 2 <= target else 0
+        return min(MAX_CREDIT, 2 * target) - held if held <= target else 0
 
     def _top_up(self, tenant: str, state: TenantCredit, limits: TenantLimits, now: float) -> None:
         credit = self._wanted(state, now)
