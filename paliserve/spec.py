@@ -578,12 +578,12 @@ class DeploymentPlan(StrictModel):
         }
         if self.autoscaling.policy is not None:  # the custom Prometheus-driven policy goes here
             autoscaling["policy"] = self.autoscaling.policy.model_dump()
-        return {
-            "name": self.name,
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": actor,
-            "autoscaling_config": autoscaling,
-        }
+        entry = {"name": self.name, "max_ongoing_requests": self.max_ongoing_requests, "ray_actor_options": actor}
+        if self.replicas.min == self.replicas.max and self.autoscaling.policy is None:
+            # Nothing to scale: a fixed count spares Serve's controller the replicas' request
+            # metrics, which it merges per request under load (benchmarks/overhead.py).
+            return entry | {"num_replicas": self.replicas.max}
+        return entry | {"autoscaling_config": autoscaling}
 
 
 class GpuSlot(StrictModel):

@@ -80,4 +80,8 @@ def test_every_plan_renders_a_valid_serve_config(load):
     assume(result is not None)
     config = schema.ServeDeploySchema.model_validate(result.serve_config())
     deployment = config.applications[0].deployments[0]
-    assert deployment.autoscaling_config["max_replicas"] == result.deployments[0].replicas.max
+    bounds = result.deployments[0].replicas
+    if bounds.min == bounds.max and result.deployments[0].autoscaling.policy is None:
+        assert deployment.num_replicas == bounds.max  # nothing to scale: a fixed count
+    else:
+        assert deployment.autoscaling_config["max_replicas"] == bounds.max

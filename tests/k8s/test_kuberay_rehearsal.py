@@ -145,17 +145,18 @@ def test_head_lost_with_gcs_fault_tolerance_keeps_serving(rehearsal):
             times["started"] = time.monotonic()
             apps = rehearsal.wait_running(timeout_s=90)
             times["running"] = time.monotonic()
-            # Serve's controller acts again: a new autoscaling target reaches the deployment
+            # Serve's controller acts again: a lightweight config change reaches the deployment
             config = yaml.safe_load(rehearsal.service["spec"]["serveConfigV2"])
-            config["applications"][0]["deployments"][0]["autoscaling_config"]["target_ongoing_requests"] = 128.0
+            config["applications"][0]["deployments"][0]["max_ongoing_requests"] += 1
+            wanted = config["applications"][0]["deployments"][0]["max_ongoing_requests"]
             rehearsal.deploy(config)
 
             def applied():
                 deployment = rehearsal.applications()["paliserve"]["deployments"]["tiny-paligemma"]
-                target = deployment["deployment_config"]["autoscaling_config"]["target_ongoing_requests"]
-                return target == 128.0 and deployment["status"] == "HEALTHY"
+                limit = deployment["deployment_config"]["max_ongoing_requests"]
+                return limit == wanted and deployment["status"] == "HEALTHY"
 
-            wait_for(applied, 60, what="the new autoscaling target applied by the controller")
+            wait_for(applied, 60, what="the new max_ongoing_requests applied by the controller")
             times["controller"] = time.monotonic()
         except Exception as error:  # the figures below are printed either way
             problem = error

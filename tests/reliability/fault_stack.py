@@ -200,7 +200,10 @@ class FaultStack:
         """The current config with the engine's replica bounds at `n` (a lightweight update)."""
         config = copy.deepcopy(self.config)
         engine = next(d for d in config["applications"][0]["deployments"] if d["name"] == self.engine)
-        engine["autoscaling_config"].update(min_replicas=n, initial_replicas=n, max_replicas=n)
+        if "autoscaling_config" in engine:
+            engine["autoscaling_config"].update(min_replicas=n, initial_replicas=n, max_replicas=n)
+        else:  # a plan whose bounds are equal gives Serve a fixed count
+            engine["num_replicas"] = n
         return config
 
     def with_max_image_bytes(self, n: int) -> dict:
