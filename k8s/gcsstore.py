@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .quotastore import PORT
-from .settings import APP, Settings
+from .redisstore import PORT, redis_documents, store_labels
+from .settings import Settings
 
 PASSWORD_KEY = "password"
+ROLE = "gcs-store"
 
 
 def gcs_store_name(settings: Settings) -> str:
@@ -27,7 +28,7 @@ def gcs_store_name(settings: Settings) -> str:
 
 
 def labels(settings: Settings) -> dict[str, str]:
-    return {"app.kubernetes.io/name": f"{APP}-gcs-store", "app.kubernetes.io/instance": settings.name}
+    return store_labels(settings, ROLE)
 
 
 def gcs_fault_tolerance(settings: Settings) -> dict[str, Any] | None:
@@ -43,58 +44,7 @@ def gcs_fault_tolerance(settings: Settings) -> dict[str, Any] | None:
 def gcs_store_documents(settings: Settings) -> dict[str, dict[str, Any]]:
     if settings.gcs_redis_address or not settings.gcs_store:
         return {}
-    return {
-        "gcsstore-deployment.yaml": _deployment(settings),
-        "gcsstore-service.yaml": _service(settings),
-        "gcsstore-networkpolicy.yaml": _network_policy(settings),
-    }
-
-
-def _deployment(settings: Settings) -> dict[str, Any]:
-    container = {
-        "name": "redis",
-        "image": settings.quota_store_image,
-        # the GCS's tables must survive: append-only file on the pod's volume; no password,
-        # the NetworkPolicy (Ray pods only) is the protection inside the cluster
-        "args": ["--appendonly", "yes", "--dir", "/data", "--protected-mode", "no", "--port", str(PORT)],
-        "ports": [{"name": "redis", "containerPort": PORT, "protocol": "TCP"}],
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
-        "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 5},
-        "livenessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": gcs_store_name(settings), "labels": labels(settings)},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels(settings)},
-            "template": {"metadata": {"labels": labels(settings)},
-                         "spec": {"containers": [container], "volumes": [{"name": "data", "emptyDir": {}}]}},
-        },
-    }
-
-
-def _service(settings: Settings) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": gcs_store_name(settings), "labels": labels(settings)},
-        "spec": {"type": "ClusterIP", "selector": labels(settings),
-                 "ports": [{"name": "redis", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]},
-    }
-
-
-def _network_policy(settings: Settings) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": gcs_store_name(settings), "labels": labels(settings)},
-        "spec": {
-            "podSelector": {"matchLabels": labels(settings)},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": {"matchLabels": settings.labels}}],
-                         "ports": [{"protocol": "TCP", "port": PORT}]}],
-        },
-    }
+    # the GCS's tables must survive: append-only file on the pod's volume; no password, the
+    # NetworkPolicy (Ray pods only) is the protection inside the cluster
+    args = ["--appendonly", "yes", "--dir", "/data", "--protected-mode", "no", "--port", str(PORT)]
+    return redis_documents(settings, ROLE, gcs_store_name(settings), args, data_dir="/data")
