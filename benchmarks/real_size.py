@@ -30,7 +30,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,12 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _control import machine_speed  # noqa: E402
 
+from serve.cluster import free_port  # noqa: E402
+
 GIB = 2**30
 PALISERVE = str(Path(sys.executable).with_name("paliserve"))
 TARGETS = {"ram": 0.10, "kv": 0.02, "speed": 0.25, "speed calibrated": 0.15}
 MIN_AVAILABLE = 17 * GIB
 RAM_WAIT_S, RAM_POLL_S = 600, 30
-PORTS = range(32000, 33000)
 KV_GIB = 1  # what `paliserve up --model` gives a CPU replica (VLLM_CPU_KVCACHE_SPACE)
 MAX_NUM_SEQS = 64
 BATCHED_TOKENS = 2048
@@ -368,17 +368,6 @@ def table_rows(arch, dtype: str, text_tokens: int, checkpoint_metadata: dict, me
 
 
 # ---- running it ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def wait_for_ram(need: int, say) -> None:

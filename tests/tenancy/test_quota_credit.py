@@ -6,38 +6,16 @@ credit lapses, settlements never overtake their admission, and the window slides
 credit was used."""
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from paliserve.spec import TenantLimits
+from serve.cluster import free_port
 from serve.redis_server import LocalRedis, find_redis_server
 from serve.tenancy.credit import FLUSH_S, QuotaCredit
 from serve.tenancy.quotas import QuotaStore, QuotaUnavailable, keys
-
-
-def port_in_range(first: int = 34000, last: int = 34999) -> int:
-    for port in range(first, last + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 34000-34999")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    server = LocalRedis(binary, port_in_range(), str(tmp_path_factory.mktemp("credit-store") / "redis"))
-    info = server.start()
-    yield info
-    server.stop()
 
 
 def store_of(info, **kwargs) -> QuotaStore:
@@ -206,7 +184,7 @@ def test_a_store_that_goes_down_fails_admission_closed_once_the_credit_lapses(tm
     the same client admits again."""
     from serve.redis_server import start_redis, stop_redis
 
-    server = LocalRedis(find_redis_server(), port_in_range(), str(tmp_path / "redis"))
+    server = LocalRedis(find_redis_server(), free_port(), str(tmp_path / "redis"))
     info = server.start()
     ttl = 0.4
 

@@ -18,17 +18,6 @@ from serve.tenancy.quotas import WINDOW_S, QuotaStore, QuotaUnavailable
 T0 = 1.8e12  # ms: a realistic Redis clock reading
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    server = LocalRedis(binary, free_port(), str(tmp_path_factory.mktemp("quota-store") / "redis"))
-    info = server.start()
-    yield info
-    server.stop()
-
-
 class Ledger:
     """The store driven synchronously with the clock passed in (seconds), like the old ledger."""
 

@@ -1,0 +1,18 @@
+"""A real redis-server per test module of this folder (the quota store's tests), on a free
+loopback port and a directory the test owns, stopped by PID."""
+
+import pytest
+
+from serve.cluster import free_port
+from serve.redis_server import LocalRedis, find_redis_server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = LocalRedis(binary, free_port(), str(tmp_path_factory.mktemp("quota-store") / "redis"))
+    info = server.start()
+    yield info
+    server.stop()
