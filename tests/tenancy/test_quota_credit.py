@@ -14,6 +14,7 @@ import pytest
 from paliserve.spec import TenantLimits
 from serve.cluster import free_port
 from serve.redis_server import LocalRedis, find_redis_server
+from redis_fixture import redis_server  # noqa: F401 (a fixture)
 from serve.tenancy.credit import FLUSH_S, QuotaCredit
 from serve.tenancy.quotas import QuotaStore, QuotaUnavailable, keys
 

@@ -13,6 +13,7 @@ import pytest
 from paliserve.spec import TenantLimits
 from serve.cluster import free_port
 from serve.redis_server import LocalRedis, find_redis_server
+from redis_fixture import redis_server  # noqa: F401 (a fixture)
 from serve.tenancy.quotas import WINDOW_S, QuotaStore, QuotaUnavailable
 
 T0 = 1.8e12  # ms: a realistic Redis clock reading

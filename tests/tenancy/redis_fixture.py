@@ -1,5 +1,6 @@
-"""A real redis-server per test module of this folder (the quota store's tests), on a free
-loopback port and a directory the test owns, stopped by PID."""
+"""A real redis-server per test module that imports this fixture (the quota store's tests), on a
+free loopback port and a directory the test owns, stopped by PID. (Not a conftest.py: the tests
+import `conftest` by name, which must stay tests/conftest.py.)"""
 
 import pytest
 
