@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _control import machine_speed  # noqa: E402
 
+from benchmarks.gpu_check import KV_TOKENS, error  # noqa: E402  (vLLM's KV line, the relative error: one of each)
 from serve.cluster import free_port  # noqa: E402
 
 GIB = 2**30
@@ -61,7 +62,6 @@ NO_SLO_MS = 10**7  # an SLO that never binds: the plan's batch is the concurrenc
 
 # ---- vLLM's figures: its log lines and its cache-config gauge ---------------------------------
 
-KV_TOKENS = re.compile(r"\b(?:CPU|GPU|XPU|TPU)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens")
 CHECKPOINT = re.compile(r"Checkpoint size: (?P<gib>[\d.]+) GiB")
 KV_SPACE = re.compile(r"Explicitly set \((?P<gib>[\d.]+)/[\d.]+\) GiB for KV cache")
 LOAD_TIME = re.compile(r"Loading weights took (?P<s>[\d.]+) seconds")
@@ -299,10 +299,7 @@ class Row:
         return self.measured if self.measured is not None else self.vllm
 
     def error(self) -> float | None:
-        ref = self.reference()
-        if self.planner is None or not ref:
-            return None
-        return (self.planner - ref) / ref
+        return error(self.planner, self.reference())
 
     def met(self) -> str:
         err = self.error()
