@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -85,6 +86,9 @@ class EngineReplica:
             stat_loggers=[RayPrometheusStatLogger],
         )
         self.tokenizer = self.engine.get_tokenizer()
+        # Task prompts repeat ("caption en", "detect cat"): count each text's tokens once
+        self._text_tokens = functools.lru_cache(maxsize=4096)(
+            lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)))
         self.image_tokens = image_token_count(self.engine.model_config.hf_config)
         self.adapters = {a.name: a for a in self.plan.adapters}
         self._lora_ids = itertools.count(1)
@@ -118,7 +122,7 @@ class EngineReplica:
 
     def prompt_tokens(self, prompt: str) -> int:
         """Tokens vLLM's PaliGemma processor makes of a prompt: image tokens, <bos>, text, "\n"."""
-        return self.image_tokens + 1 + len(self.tokenizer.encode(prompt + "\n", add_special_tokens=False))
+        return self.image_tokens + 1 + self._text_tokens(prompt + "\n")
 
     def _check_length(self, request: EngineRequest) -> None:
         prompt_tokens = self.prompt_tokens(request.prompt)

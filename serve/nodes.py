@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from serve.cluster import SERVE_THROUGHPUT_ENV, auth_env, free_port, stop_process_tree
+from serve.cluster import NO_LOG_MONITOR, SERVE_THROUGHPUT_ENV, auth_env, free_port, stop_process_tree
 from serve.ingress import haproxy_env
 from serve.processes import start_service
 
@@ -142,7 +142,7 @@ class WorkerNode:
             f"--node-ip-address={self.node_ip}", f"--temp-dir={self.temp_dir}",
             f"--metrics-export-port={metrics_port}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", NO_LOG_MONITOR,
         ]  # fmt: skip
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
