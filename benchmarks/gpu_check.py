@@ -40,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._control import machine_speed  # noqa: E402
+from benchmarks._comparison import Row, error, render  # noqa: E402,F401  (error: for the tests and real_size.py)
 
 KV_TARGET = 0.02  # KV tokens within 2% of vLLM's (issue #15)
 SPEED_TARGET = 0.25  # TTFT and TPOT within 25% of measured without a profile (issue #15)
@@ -304,33 +305,6 @@ def wait_ready(base_url: str, process: subprocess.Popen, log_path: Path, timeout
 # --- the report ------------------------------------------------------------------------------
 
 
-def error(predicted: float | None, actual: float | None) -> float | None:
-    """Relative error of `predicted` against `actual` (positive: the planner says more)."""
-    if predicted is None or actual is None or actual == 0:
-        return None
-    return predicted / actual - 1
-
-
-@dataclass
-class Row:
-    what: str
-    planner: float | None
-    vllm: float | None = None
-    measured: float | None = None
-    target: float | None = None  # largest |error| allowed against vLLM's or the measured figure
-    unit: str = ""
-
-    @property
-    def err(self) -> float | None:
-        return error(self.planner, self.measured if self.measured is not None else self.vllm)
-
-    @property
-    def verdict(self) -> str:
-        if self.target is None or self.err is None:
-            return ""
-        return "met" if abs(self.err) <= self.target else "NOT met"
-
-
 def rows_for(planned: Planned, log: VllmLog, measured: dict[int, tuple[float, float]]) -> list[Row]:
     s = planned.sizing
     rows = [
@@ -347,21 +321,6 @@ def rows_for(planned: Planned, log: VllmLog, measured: dict[int, tuple[float, fl
         rows.append(Row(f"TPOT mean, concurrency {concurrency}", predicted_tpot * 1e3, measured=tpot * 1e3,
                         target=SPEED_TARGET, unit="ms"))  # fmt: skip
     return rows
-
-
-def render(rows: list[Row]) -> str:
-    def cell(value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-    lines = [f"{'':44} {'planner':>12} {'vLLM':>12} {'measured':>12} {'error':>8} {'target':>7}"]
-    for row in rows:
-        err = "-" if row.err is None else f"{row.err:+.1%}"
-        target = "" if row.target is None else f"{row.target:.0%}"
-        lines.append(f"{row.what + (f' ({row.unit})' if row.unit else ''):44} {cell(row.planner):>12} {cell(row.vllm):>12} "
-                     f"{cell(row.measured):>12} {err:>8} {target:>7} {row.verdict}")  # fmt: skip
-    return "\n".join(lines)
 
 
 # --- main ------------------------------------------------------------------------------------

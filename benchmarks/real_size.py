@@ -16,6 +16,19 @@ The memory figures are autoscale/memory.py's for the served settings (what `pali
 before it starts); the speed figures are the plan's `predicted` at the planned batch (with the
 host probe, when the planner has one, and no SLO binding).
 
+Concurrency 4 is measured as the planner models it (autoscale/performance.py): a steady state in
+which 4 requests are in flight and each request's decode shares its steps with the others'
+decodes and, once each, with the prefill of the request that replaces each of them. So: a closed
+loop of 4 clients, each sending its next request when its previous reply ends, their starts
+staggered by a quarter of c=1's mean request time (4 requests of one length started together
+stay in lockstep instead: each waits for the others' prefills, and no prefill shares a step with a
+decode), and the mean of the requests sent while all 4 were in flight (steady_state: each client's
+first request and the ramp-down left out; the output says how many). With SLOs that never bind
+the plan's arrival rate is ~0, so its queue model adds no wait: the planner's TTFT is one prefill
+and one step (its p95 equals its mean, as the prompt's p95 is its mean and the engine profile has
+no serving points), which a staggered closed loop of equal requests matches when the clients'
+prefills do not overlap.
+
     .venv/bin/python benchmarks/real_size.py [--model paligemma-3b-pt-224] [--skip-profile]
 
 It needs about 17 GiB of RAM available (it waits up to 10 minutes for it) and 8 GB of disk.
@@ -25,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -35,7 +49,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _control import machine_speed  # noqa: E402
 
-from benchmarks.gpu_check import KV_TOKENS, error  # noqa: E402  (vLLM's KV line, the relative error: one of each)
+from benchmarks._comparison import Row, missed, render  # noqa: E402  (the table gpu_check.py prints too)
+from benchmarks.gpu_check import KV_TOKENS  # noqa: E402  (vLLM's KV line: one pattern)
 from serve.cluster import free_port  # noqa: E402
 
 GIB = 2**30
@@ -223,9 +237,17 @@ class Sample:
     tpot_s: float
     prompt_tokens: int
     completion_tokens: int
+    started: float = 0.0  # time.perf_counter() when the request was sent
+    ended: float = 0.0  # ... and when its stream ended
+    client: int = 0  # which client of the closed loop sent it
+    index: int = 0  # that client's n-th request (0: its first)
+
+    @property
+    def e2e_s(self) -> float:
+        return self.ended - self.started
 
 
-def one_request(client, model: str, url: str, prompt: str, output_tokens: int) -> Sample:
+def one_request(client, model: str, url: str, prompt: str, output_tokens: int, who: int = 0, index: int = 0) -> Sample:
     started = time.perf_counter()
     stamps, usage = [], None
     stream = client.chat.completions.create(
@@ -239,25 +261,60 @@ def one_request(client, model: str, url: str, prompt: str, output_tokens: int) -
             stamps.append(time.perf_counter())
         if chunk.usage:
             usage = chunk.usage
+    ended = time.perf_counter()
     if len(stamps) < 2 or usage is None:
         raise RuntimeError(f"a streamed reply with {len(stamps)} content chunks and usage {usage}")
     return Sample(stamps[0] - started, (stamps[-1] - stamps[0]) / (len(stamps) - 1), usage.prompt_tokens,
-                  usage.completion_tokens)  # fmt: skip
+                  usage.completion_tokens, started, ended, who, index)  # fmt: skip
 
 
-def measure_level(base_url: str, model: str, concurrency: int, rounds: int, prompt: str, output_tokens: int,
-                  image_size: int, seed: int) -> list[Sample]:  # fmt: skip
-    """`rounds` rounds of `concurrency` requests started together (a closed loop per client)."""
+def closed_loop(base_url: str, model: str, concurrency: int, requests: int, prompt: str, output_tokens: int,
+                image_size: int, seed: int, stagger_s: float = 0.0) -> list[Sample]:  # fmt: skip
+    """`concurrency` clients, each sending `requests` requests one after another (a closed loop),
+    client i starting i x `stagger_s` after the first. Every sample, warm-up included (see
+    steady_state for which to keep)."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)
-    urls = [image_url(seed + i, image_size) for i in range(concurrency * rounds)]
+    urls = [image_url(seed + i, image_size) for i in range(concurrency * requests)]
+    samples: list[Sample] = []
+    errors: list[BaseException] = []
 
-    def worker(k: int) -> list[Sample]:
-        return [one_request(client, model, urls[k * rounds + r], prompt, output_tokens) for r in range(rounds)]
+    def client_loop(k: int) -> None:
+        client = OpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)
+        time.sleep(k * stagger_s)
+        try:
+            for r in range(requests):
+                samples.append(one_request(client, model, urls[k * requests + r], prompt, output_tokens, k, r))
+        except BaseException as exc:  # reported below, after the other clients finish
+            errors.append(exc)
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        return [s for samples in pool.map(worker, range(concurrency)) for s in samples]
+    threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {concurrency} clients failed: {errors[0]!r}")
+    return sorted(samples, key=lambda s: s.started)
+
+
+def steady_state(samples: list[Sample], concurrency: int) -> tuple[list[Sample], str]:
+    """The samples of a closed loop taken while all `concurrency` clients had a request in flight
+    (the state autoscale/performance.py models at batch = concurrency: each request's decode shares
+    its steps with the others' decodes and, once each, with their next prefills), and which were
+    left out. Kept: a request that is not its client's first, was sent once every client had sent
+    its first, and ended before any client's last request ended (after that fewer are in flight).
+    With one client every request is kept (the 2-token warm-up before it is discarded apart)."""
+    if concurrency <= 1:
+        return list(samples), "none (one client; the 2-token warm-up request is apart)"
+    clients = {s.client for s in samples}
+    all_started = max(min(s.started for s in samples if s.client == c) for c in clients)
+    first_done = min(max(s.ended for s in samples if s.client == c) for c in clients)
+    kept = [s for s in samples if s.index > 0 and s.started >= all_started and s.ended <= first_done + 1e-9]
+    firsts = sum(1 for s in samples if s.index == 0)
+    tail = len(samples) - firsts - len(kept)
+    return kept, (f"{len(samples) - len(kept)} of {len(samples)}: each client's first request ({firsts}, the ramp-up) "
+                  f"and {tail} sent before all clients had started or ended after the first client's last (the ramp-down)")
 
 
 # ---- the planner -----------------------------------------------------------------------------
@@ -286,45 +343,6 @@ def memory_model(arch, dtype: str):
 # ---- the table -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Row:
-    name: str
-    planner: float | None
-    vllm: float | None
-    measured: float | None
-    target: str | None = None  # key of TARGETS
-    fmt: str = "{:,.0f}"
-
-    def reference(self) -> float | None:
-        return self.measured if self.measured is not None else self.vllm
-
-    def error(self) -> float | None:
-        return error(self.planner, self.reference())
-
-    def met(self) -> str:
-        err = self.error()
-        if self.target is None or err is None:
-            return ""
-        return "met" if abs(err) <= TARGETS[self.target] else "NOT met"
-
-
-def render(rows: list[Row]) -> str:
-    def cell(v, fmt):
-        return "-" if v is None else fmt.format(v)
-
-    header = ("figure", "planner", "vLLM", "measured", "error", "target", "")
-    table = [header] + [
-        (r.name, cell(r.planner, r.fmt), cell(r.vllm, r.fmt), cell(r.measured, r.fmt),
-         "-" if r.error() is None else f"{r.error():+.1%}",
-         f"±{TARGETS[r.target]:.0%}" if r.target else "", r.met())
-        for r in rows
-    ]  # fmt: skip
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def table_rows(arch, dtype: str, text_tokens: int, checkpoint_metadata: dict, memory, served: dict,
                plans: dict, calibrated: dict) -> list[Row]:  # fmt: skip
     """Planner vs vLLM vs measured. `served`: serve_and_measure's result; `plans`/`calibrated`: the
@@ -337,30 +355,31 @@ def table_rows(arch, dtype: str, text_tokens: int, checkpoint_metadata: dict, me
     image_tokens_served = served["warm_up"].prompt_tokens - text_tokens - 2  # <bos> and "\n" frame the text
     rows = [
         Row("parameters", param_counts(arch).total, None, checkpoint_metadata["total_parameters"]),
-        Row("weight bytes (GiB)", weight_bytes(arch, dtype) / GIB, vllm.checkpoint_gib,
-            checkpoint_metadata["total_size"] / GIB, fmt="{:.2f}"),
+        Row("weight bytes", weight_bytes(arch, dtype) / GIB, vllm.checkpoint_gib,
+            checkpoint_metadata["total_size"] / GIB, unit="GiB", fmt="{:.2f}"),
         Row("image tokens", arch.vision.image_tokens, image_tokens_served, None),
         Row("KV bytes/token (vLLM: space / tokens)", per_token,
             vllm.kv_space_gib * GIB / vllm.kv_tokens if vllm.kv_tokens and vllm.kv_space_gib else None, None,
             fmt="{:,.1f}"),
-        Row("KV tokens", kv_tokens(KV_GIB * GIB, per_token, block), vllm.kv_tokens, None, "kv"),
+        Row("KV tokens", kv_tokens(KV_GIB * GIB, per_token, block), vllm.kv_tokens, None, TARGETS["kv"]),
         Row("block size", block, vllm.block_size, None),
     ]  # fmt: skip
     predicted = memory.processes()
     for role in PROCESS_ROLES:
-        rows.append(Row(f"peak RAM {role} (GiB)", predicted[role] / GIB, None, served["ram"][role] / GIB, "ram", "{:.2f}"))
-    rows.append(Row("peak RAM stack (GiB)", memory.total / GIB, None, served["ram_total"] / GIB, "ram", "{:.2f}"))
+        rows.append(Row(f"peak RAM {role}", predicted[role] / GIB, None, served["ram"][role] / GIB, TARGETS["ram"], "GiB",
+                        "{:.2f}"))  # fmt: skip
+    rows.append(Row("peak RAM stack", memory.total / GIB, None, served["ram_total"] / GIB, TARGETS["ram"], "GiB", "{:.2f}"))
     for c in (1, 4):
         samples = served["levels"][c]
         ttft = statistics.mean(s.ttft_s for s in samples) * 1e3
         tpot = statistics.mean(s.tpot_s for s in samples) * 1e3
-        rows.append(Row(f"TTFT ms c={c}", plans[c]["predicted"]["ttft_p95_ms"], None, ttft, "speed"))
-        rows.append(Row(f"TPOT ms c={c}", plans[c]["predicted"]["tpot_ms"], None, tpot, "speed"))
+        rows.append(Row(f"TTFT c={c}", plans[c]["predicted"]["ttft_p95_ms"], None, ttft, TARGETS["speed"], "ms"))
+        rows.append(Row(f"TPOT c={c}", plans[c]["predicted"]["tpot_ms"], None, tpot, TARGETS["speed"], "ms"))
         if calibrated:
-            rows.append(Row(f"TTFT ms c={c}, calibrated", calibrated[c]["predicted"]["ttft_p95_ms"], None, ttft,
-                            "speed calibrated"))  # fmt: skip
-            rows.append(Row(f"TPOT ms c={c}, calibrated", calibrated[c]["predicted"]["tpot_ms"], None, tpot,
-                            "speed calibrated"))  # fmt: skip
+            rows.append(Row(f"TTFT c={c}, calibrated", calibrated[c]["predicted"]["ttft_p95_ms"], None, ttft,
+                            TARGETS["speed calibrated"], "ms"))  # fmt: skip
+            rows.append(Row(f"TPOT c={c}, calibrated", calibrated[c]["predicted"]["tpot_ms"], None, tpot,
+                            TARGETS["speed calibrated"], "ms"))  # fmt: skip
     return rows
 
 
@@ -423,15 +442,29 @@ def serve_and_measure(checkpoint: Path, dtype: str, image_size: int, state_dir: 
         say(f"serving on port {port} after {result['up_s']:.0f} s")
         base_url = f"http://127.0.0.1:{port}/v1"
         model = checkpoint.name
-        warm = measure_level(base_url, model, 1, 1, args.prompt, 2, image_size, seed=10_000)
+        warm = closed_loop(base_url, model, 1, 1, args.prompt, 2, image_size, seed=10_000)
         result["warm_up"] = warm[0]
-        levels = {}
-        for concurrency, rounds in ((1, args.rounds_c1), (4, args.rounds_c4)):
-            levels[concurrency] = measure_level(base_url, model, concurrency, rounds, args.prompt, args.output_tokens,
-                                                image_size, seed=concurrency * 1000)  # fmt: skip
+        levels, result["discarded"], result["stagger_s"] = {}, {}, {}
+        stagger = 0.0
+        for concurrency, requests in ((1, args.requests_c1), (4, args.requests_c4 + 1)):
+            # c=4: one warm-up request per client, the clients' starts staggered over one request's
+            # time at c=1 (started together, requests of one length stay in lockstep: each waits
+            # for the others' prefills and no prefill shares a step with a decode)
+            samples = closed_loop(base_url, model, concurrency, requests, args.prompt, args.output_tokens,
+                                  image_size, seed=concurrency * 1000, stagger_s=stagger)  # fmt: skip
+            levels[concurrency], result["discarded"][concurrency] = steady_state(samples, concurrency)
+            result["stagger_s"][concurrency] = stagger
+            origin = samples[0].started
+            for x in samples:
+                say(f"  c={concurrency} client {x.client} request {x.index}: sent +{x.started - origin:.1f} s, "
+                    f"TTFT {x.ttft_s:.2f} s, TPOT {x.tpot_s * 1e3:.0f} ms, ended +{x.ended - origin:.1f} s"
+                    + ("" if any(x is k for k in levels[concurrency]) else "  (discarded)"))  # fmt: skip
             s = levels[concurrency]
-            say(f"c={concurrency}: {len(s)} requests, TTFT mean {statistics.mean(x.ttft_s for x in s):.2f} s, "
-                f"TPOT mean {statistics.mean(x.tpot_s for x in s) * 1e3:.0f} ms")  # fmt: skip
+            if not s:
+                raise SystemExit(f"c={concurrency}: no request in the steady state; raise --requests-c4")
+            say(f"c={concurrency}: {len(s)} requests kept, TTFT mean {statistics.mean(x.ttft_s for x in s):.2f} s, "
+                f"TPOT mean {statistics.mean(x.tpot_s for x in s) * 1e3:.0f} ms; discarded {result['discarded'][concurrency]}")  # fmt: skip
+            stagger = statistics.mean(x.e2e_s for x in s) / 4  # c=1's mean request time, over 4 clients
         result["levels"] = levels
         info = json.loads(state.read_text())
         result["vllm"] = parse_vllm_log(engine_logs(info["temp_dir"]))
@@ -463,8 +496,9 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--prompt", default="caption en")
     parser.add_argument("--output-tokens", type=int, default=32)
-    parser.add_argument("--rounds-c1", type=int, default=4, help="requests at concurrency 1")
-    parser.add_argument("--rounds-c4", type=int, default=2, help="rounds of 4 requests at concurrency 4")
+    parser.add_argument("--requests-c1", type=int, default=4, help="requests at concurrency 1")
+    parser.add_argument("--requests-c4", type=int, default=3,
+                        help="requests per client at concurrency 4 after each client's warm-up request")
     parser.add_argument("--skip-profile", action="store_true", help="no calibrated column (saves ~3 minutes)")
     parser.add_argument("--profile", type=Path, help="use this profile instead of measuring one")
     args = parser.parse_args()
@@ -517,12 +551,18 @@ def main() -> None:
         print(f"calibrated plan: {calibrated[1]['calibration']}")
     print(f"up to serving {served['up_s']:.0f} s (vLLM loaded the weights in {vllm.load_s} s); first request "
           f"TTFT {warm.ttft_s:.1f} s; {warm.prompt_tokens} prompt tokens")  # fmt: skip
+    print(f"c=1: {args.requests_c1} requests one after another. c=4: a closed loop of 4 clients, each sending "
+          f"{args.requests_c4 + 1} requests one after another, their starts {served['stagger_s'][4]:.1f} s apart (c=1's "
+          f"mean request time / 4); the mean of the {len(served['levels'][4])} requests in the steady state "
+          f"(all 4 in flight), discarded: {served['discarded'][4]}")  # fmt: skip
     print(render(rows))
     print("peak RSS by process: " + "; ".join(f"{name} ({role}) {peak / GIB:.2f} GiB"
                                                for peak, role, name in served["ram_by_process"] if peak >= 0.05 * GIB))  # fmt: skip
     print(f"machine-speed control (benchmarks/_control.py): {control_before:.3f} s before, {control_after:.3f} s after")
-    missed = [r.name for r in rows if r.met() == "NOT met"]
-    print("targets: " + ("all met" if not missed else f"not met: {', '.join(missed)}"))
+    samples = {c: [dataclasses.asdict(x) | {"e2e_s": x.e2e_s} for x in v] for c, v in served["levels"].items()}
+    (work / "last-run.json").write_text(json.dumps({"samples_kept": samples, "discarded": served["discarded"],
+                                                    "stagger_s": served["stagger_s"]}, indent=1))  # fmt: skip
+    print("targets: " + ("all met" if not missed(rows) else f"not met: {', '.join(missed(rows))}"))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ from benchmarks.real_size import (  # noqa: E402
     block_size_from_metrics,
     parse_vllm_log,
     peak_rss,
+    missed,
     render,
     role_of,
+    steady_state,
 )
 
 RECORDED_LOG = """\
@@ -89,16 +91,17 @@ def test_peak_rss_is_vmhwm():
 
 
 def test_errors_are_against_the_measured_figure_and_the_target():
-    ram = Row("peak RAM", 10.0, None, 11.0, "ram")
-    assert ram.error() == pytest.approx(-1 / 11) and ram.met() == "met"  # 9.1% under, target 10%
-    assert Row("peak RAM", 12.5, None, 11.0, "ram").met() == "NOT met"
-    kv = Row("KV tokens", 58_254, 58_240, None, "kv")  # no measured figure: against vLLM's
-    assert kv.error() == pytest.approx(14 / 58_240) and kv.met() == "met"
-    assert Row("TTFT", 43_000, None, 3_300, "speed").met() == "NOT met"
-    assert Row("parameters", 1, None, None).error() is None and Row("parameters", 1, None, None).met() == ""
+    ram = Row("peak RAM", 10.0, None, 11.0, TARGETS["ram"], "GiB", "{:.2f}")
+    assert ram.err == pytest.approx(-1 / 11) and ram.verdict == "met"  # 9.1% under, target 10%
+    assert Row("peak RAM", 12.5, None, 11.0, TARGETS["ram"]).verdict == "NOT met"
+    kv = Row("KV tokens", 58_254, 58_240, None, TARGETS["kv"])  # no measured figure: against vLLM's
+    assert kv.err == pytest.approx(14 / 58_240) and kv.verdict == "met"
+    assert Row("TTFT", 43_000, None, 3_300, TARGETS["speed"]).verdict == "NOT met"
+    assert Row("parameters", 1, None, None).err is None and Row("parameters", 1, None, None).verdict == ""
     assert set(TARGETS) == {"ram", "kv", "speed", "speed calibrated"}
     table = render([ram, kv])
     assert "-9.1%" in table and "±10%" in table and "±2%" in table and "58,240" in table
+    assert "peak RAM (GiB) | 10.00" in table and missed([ram, kv]) == []
 
 
 def test_the_table_puts_planner_vllm_and_measured_side_by_side():
@@ -117,16 +120,16 @@ def test_the_table_puts_planner_vllm_and_measured_side_by_side():
                 "Ray": int(1.49 * GIB)},
     }  # fmt: skip
     plans = {c: {"predicted": {"ttft_p95_ms": 3300.0 * 1.2, "tpot_ms": 140.0 * 2}} for c in (1, 4)}
-    rows = {r.name: r for r in table_rows(arch, "bfloat16", 10, {"total_parameters": 2_923_466_480,
+    rows = {r.label: r for r in table_rows(arch, "bfloat16", 10, {"total_parameters": 2_923_466_480,
                                                                   "total_size": 5_846_932_960}, memory, served, plans, {})}  # fmt: skip
-    assert rows["parameters"].error() == 0
+    assert rows["parameters"].err == 0
     assert rows["image tokens"].planner == rows["image tokens"].vllm == 256  # 268 - 10 text - <bos> - "\n"
-    assert rows["KV tokens"].planner == rows["KV tokens"].vllm == 58_240 and rows["KV tokens"].met() == "met"
+    assert rows["KV tokens"].planner == rows["KV tokens"].vllm == 58_240 and rows["KV tokens"].verdict == "met"
     assert rows["block size"].planner == rows["block size"].vllm == 128
     assert rows["KV bytes/token (vLLM: space / tokens)"].planner == 18_432
     assert rows["peak RAM engine core (GiB)"].measured == pytest.approx(1.28, abs=0.01)
-    assert rows["TTFT ms c=1"].error() == pytest.approx(0.2) and rows["TTFT ms c=1"].met() == "met"
-    assert rows["TPOT ms c=4"].met() == "NOT met"
+    assert rows["TTFT c=1 (ms)"].err == pytest.approx(0.2) and rows["TTFT c=1 (ms)"].verdict == "met"
+    assert rows["TPOT c=4 (ms)"].verdict == "NOT met"
     assert not any("calibrated" in name for name in rows)
 
 
@@ -149,3 +152,51 @@ def test_the_sampler_follows_what_up_starts_and_not_itself(tmp_path):
     assert os.getpid() not in sampler.peaks and up.pid not in sampler.peaks
     assert sampler.peaks and all(role == "Ray" for role, _ in sampler.peaks.values())
     assert all("sleep" in name for name in sampler.names.values())
+
+
+def _loop(stagger_s: float, e2e_s: float = 10.0, clients: int = 4, requests: int = 4):
+    from benchmarks.real_size import Sample
+
+    samples = []
+    for c in range(clients):
+        t = c * stagger_s
+        for i in range(requests):
+            samples.append(Sample(1.0, 0.1, 268, 32, t, t + e2e_s, c, i))
+            t += e2e_s
+    return samples
+
+
+def test_the_steady_state_leaves_out_the_ramps_of_a_closed_loop():
+    """Kept: not a client's first request, sent once all clients had sent their first, ended by
+    the time the first client's last one ended (4 in flight throughout)."""
+    kept, why = steady_state(_loop(stagger_s=2.5), 4)
+    assert sorted((s.client, s.index) for s in kept) == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (2, 1), (2, 2),
+                                                         (3, 1), (3, 2)]  # fmt: skip
+    assert why.startswith("7 of 16: each client's first request (4")
+    # one client: every request (the warm-up is a request of its own, before)
+    assert len(steady_state(_loop(0.0, clients=1), 1)[0]) == 4
+    # started together (a burst): the same rule, nothing of the ramps kept
+    assert sorted((s.client, s.index) for s in steady_state(_loop(0.0), 4)[0]) == [
+        (c, i) for c in range(4) for i in (1, 2, 3)]  # fmt: skip
+
+
+def test_the_closed_loop_staggers_its_clients_and_each_waits_for_its_reply(monkeypatch):
+    import time
+
+    import benchmarks.real_size as real_size
+
+    def fake(client, model, url, prompt, output_tokens, who=0, index=0):
+        started = time.perf_counter()
+        time.sleep(0.05)
+        return real_size.Sample(0.01, 0.001, 268, output_tokens, started, time.perf_counter(), who, index)
+
+    monkeypatch.setattr(real_size, "one_request", fake)
+    monkeypatch.setattr(real_size, "image_url", lambda seed, size: f"image {seed}")
+    before = time.perf_counter()
+    samples = real_size.closed_loop("http://127.0.0.1:9/v1", "m", 3, 2, "caption en", 8, 224, 0, stagger_s=0.2)
+    assert sorted((s.client, s.index) for s in samples) == [(c, i) for c in range(3) for i in range(2)]
+    first = {s.client: s.started for s in samples if s.index == 0}
+    assert all(first[k] - before >= k * 0.2 for k in range(3))  # client k waits k x stagger (a sleep: at least)
+    for c in range(3):
+        a, b = sorted((s for s in samples if s.client == c), key=lambda s: s.index)
+        assert b.started >= a.ended  # a closed loop: the next request after the reply

@@ -1,0 +1,72 @@
+"""The planner-vs-vLLM-vs-measured table that benchmarks/gpu_check.py and benchmarks/real_size.py
+print: one row per figure, its error against what was seen (the measured figure, else vLLM's)
+and whether it is within its target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def error(predicted: float | None, actual: float | None) -> float | None:
+    """Relative error of `predicted` against `actual` (positive: the planner says more)."""
+    if predicted is None or actual is None or actual == 0:
+        return None
+    return predicted / actual - 1
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    planner: float | None
+    vllm: float | None = None
+    measured: float | None = None
+    target: float | None = None  # largest |error| allowed against the measured figure, else vLLM's
+    unit: str = ""
+    fmt: str | None = None  # of the three figures; default: "1,234" from 1,000 up, else 4 significant digits
+
+    @property
+    def reference(self) -> float | None:
+        """What the planner's figure is held against: the measured figure, else vLLM's."""
+        return self.measured if self.measured is not None else self.vllm
+
+    @property
+    def err(self) -> float | None:
+        return error(self.planner, self.reference)
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None or self.err is None:
+            return ""
+        return "met" if abs(self.err) <= self.target else "NOT met"
+
+    @property
+    def label(self) -> str:
+        return self.what + (f" ({self.unit})" if self.unit else "")
+
+    def cell(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        if self.fmt is not None:
+            return self.fmt.format(value)
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+HEADER = ("figure", "planner", "vLLM", "measured", "error", "target", "")
+
+
+def render(rows: list[Row]) -> str:
+    """An aligned text table, one line per row and a rule under the header."""
+    table = [HEADER] + [
+        (r.label, r.cell(r.planner), r.cell(r.vllm), r.cell(r.measured), "-" if r.err is None else f"{r.err:+.1%}",
+         "" if r.target is None else f"±{r.target:.0%}", r.verdict)
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def missed(rows: list[Row]) -> list[str]:
+    """The rows whose target is not met."""
+    return [r.label for r in rows if r.verdict == "NOT met"]
