@@ -9,3 +9,8 @@ up: bootstrap
 
 test: bootstrap
 	VLLM_HOST_IP=127.0.0.1 .venv/bin/python -m pytest -q
+
+# The container images the Kubernetes manifests name (images/; podman, buildah or docker).
+.PHONY: images
+images:
+	scripts/build_images.sh

@@ -8,6 +8,10 @@ from importlib.metadata import version
 KUBERNETES_VERSION = "1.32"  # built-in kinds are validated against this release's schemas
 RAY_VERSION = "2.60.0"
 APP = "paliserve"  # app.kubernetes.io/name on every pod; the PodMonitor selects it
+# The images scripts/build_images.sh tags: vLLM's GPU build (images/Containerfile.gpu), the
+# default `--image`, and vLLM's CPU build (images/Containerfile.cpu), what CPU workers run
+IMAGE = f"{APP}:{version(APP)}"
+CPU_IMAGE = f"{IMAGE}-cpu"
 
 # Ray's fixed ports (KubeRay defaults); the serve port comes from the plan.
 GCS_PORT = 6379
@@ -35,7 +39,7 @@ GPU_PRODUCTS = {
 @dataclass(frozen=True)
 class Settings:
     name: str = APP
-    image: str = f"{APP}:{version(APP)}"
+    image: str = IMAGE
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     monitoring_namespace: str = "monitoring"
     operator_namespace: str = "kuberay-system"
