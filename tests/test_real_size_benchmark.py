@@ -113,7 +113,7 @@ def test_the_table_puts_planner_vllm_and_measured_side_by_side():
     memory = cpu_serving_memory(arch, "bfloat16", GIB, 2048, 64)
     vllm = parse_vllm_log(RECORDED_LOG)
     vllm.block_size = 128
-    sample = Sample(ttft_s=3.3, tpot_s=0.14, prompt_tokens=268, completion_tokens=32)
+    sample = Sample(ttft_s=3.3, tpot_s=0.14, prompt_tokens=268, completion_tokens=32, started=100.0, ended=107.64)
     served = {
         "vllm": vllm, "warm_up": sample, "levels": {1: [sample], 4: [sample] * 4}, "ram_total": int(15.4 * GIB),
         "ram": {"engine worker": int(10.8 * GIB), "engine core": int(1.28 * GIB), "front end": int(2.35 * GIB),
@@ -130,6 +130,9 @@ def test_the_table_puts_planner_vllm_and_measured_side_by_side():
     assert rows["peak RAM engine core (GiB)"].measured == pytest.approx(1.28, abs=0.01)
     assert rows["TTFT c=1 (ms)"].err == pytest.approx(0.2) and rows["TTFT c=1 (ms)"].verdict == "met"
     assert rows["TPOT c=4 (ms)"].verdict == "NOT met"
+    # a request's whole time: the planner's TTFT + 31 x its TPOT against the measured request time
+    assert rows["E2E c=1 (ms)"].planner == pytest.approx(3300 * 1.2 + 31 * 280)
+    assert rows["E2E c=1 (ms)"].measured == pytest.approx((sample.ended - sample.started) * 1e3)
     assert not any("calibrated" in name for name in rows)
 
 
