@@ -5,6 +5,7 @@ and whether it is within its target."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 
 def error(predicted: float | None, actual: float | None) -> float | None:
@@ -70,3 +71,33 @@ def render(rows: list[Row]) -> str:
 def missed(rows: list[Row]) -> list[str]:
     """The rows whose target is not met."""
     return [r.label for r in rows if r.verdict == "NOT met"]
+
+
+class Timed(Protocol):
+    started: float  # when the request was sent
+    ended: float  # when its reply ended
+    client: int  # the closed loop's client that sent it
+    index: int  # that client's n-th request (0: its first)
+
+
+T = TypeVar("T", bound=Timed)
+
+
+def steady_state(samples: list[T], concurrency: int) -> tuple[list[T], str]:
+    """The requests of a closed loop (each client sends its next request when its previous reply
+    ends) sent while all `concurrency` clients had one in flight: the state autoscale/performance.py
+    models at batch = concurrency (each request's decode shares its steps with the others' decodes
+    and, once each, with the prefill of the request that replaces each of them). Kept: a request
+    that is not its client's first, was sent once every client had sent its first, and ended before
+    any client's last request ended (after that fewer are in flight). With one client every request
+    is kept. Returns the kept samples and a sentence saying which were left out."""
+    if concurrency <= 1:
+        return list(samples), "none (one client)"
+    clients = {s.client for s in samples}
+    all_started = max(min(s.started for s in samples if s.client == c) for c in clients)
+    first_done = min(max(s.ended for s in samples if s.client == c) for c in clients)
+    kept = [s for s in samples if s.index > 0 and s.started >= all_started and s.ended <= first_done + 1e-9]
+    firsts = sum(1 for s in samples if s.index == 0)
+    tail = len(samples) - firsts - len(kept)
+    return kept, (f"{len(samples) - len(kept)} of {len(samples)}: each client's first request ({firsts}, the ramp-up) "
+                  f"and {tail} sent before all clients had started or ended after the first client's last (the ramp-down)")

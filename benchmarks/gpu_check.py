@@ -11,10 +11,11 @@ or nvidia-smi unless --gpu names it.
 
 It plans one tenant on one GPU (concurrency: the highest level measured), starts `vllm serve`
 with the plan's engine arguments, reads vLLM's log (KV cache tokens, maximum concurrency, KV
-memory, weights), sends streaming chat requests with an image at each concurrency with the
-official openai client (closed loop, --requests per client after one warm-up, the clients' starts
-staggered over one request's time), and compares the mean TTFT and TPOT with the planner's at the
-same concurrency and prompt.
+memory, weights), sends streaming chat requests with an image (a noise image of its own each) at each concurrency
+with the official openai client (closed loop, --requests per client after one warm-up, the clients'
+starts staggered over one request's time), and compares the mean TTFT and TPOT of the steady state
+(all clients in flight: benchmarks/_comparison.steady_state; the output says which requests were
+left out) with the planner's at the same concurrency and prompt.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._control import machine_speed  # noqa: E402
-from benchmarks._comparison import Row, error, render  # noqa: E402,F401  (error: for the tests and real_size.py)
+from benchmarks._comparison import Row, error, render, steady_state  # noqa: E402,F401  (error: for the tests)
 
 KV_TARGET = 0.02  # KV tokens within 2% of vLLM's (issue #15)
 SPEED_TARGET = 0.25  # TTFT and TPOT within 25% of measured without a profile (issue #15)
@@ -220,6 +221,10 @@ class Sample:
     prompt_tokens: int
     completion_tokens: int
     e2e_s: float
+    started: float = 0.0  # time.perf_counter() when the request was sent
+    ended: float = 0.0  # ... and when its last chunk came
+    client: int = 0  # which client of the closed loop sent it
+    index: int = 0  # that client's n-th request (0: its first)
 
 
 def image_url(size: int = 224) -> str:
@@ -230,7 +235,7 @@ def image_url(size: int = 224) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def one_request(client, model: str, image: str, output_tokens: int) -> Sample:
+def one_request(client, model: str, image: str, output_tokens: int, who: int = 0, index: int = 0) -> Sample:
     start = time.perf_counter()
     first = last = None
     usage = None
@@ -251,19 +256,24 @@ def one_request(client, model: str, image: str, output_tokens: int) -> Sample:
     if first is None or usage is None:
         raise RuntimeError("the stream carried no tokens or no usage")
     tokens = usage.completion_tokens
-    return Sample(first - start, (last - first) / max(tokens - 1, 1), usage.prompt_tokens, tokens, last - start)
+    return Sample(first - start, (last - first) / max(tokens - 1, 1), usage.prompt_tokens, tokens, last - start,
+                  start, last, who, index)  # fmt: skip
 
 
 def measure_level(base_url: str, model: str, concurrency: int, requests: int, output_tokens: int,
-                  e2e_s: float = 0.0) -> list[Sample]:  # fmt: skip
-    """`concurrency` clients, each sending `requests` requests one after another, client i
-    starting i/concurrency of a request's `e2e_s` after the first. Requests of one length started
-    together would stay in lockstep, every prefill batched with the others' and none overlapping
-    a decode; staggered, each prefill shares steps with the others' decodes, as the planner
-    models a replica's steady state."""
+                  e2e_s: float = 0.0) -> tuple[list[Sample], str]:  # fmt: skip
+    """`concurrency` clients, each sending `requests` requests one after another (and, with more
+    than one client, a warm-up request first), client i starting i/concurrency of a request's
+    `e2e_s` after the first. Requests of one length started together would stay in lockstep,
+    every prefill batched with the others' and none overlapping a decode; staggered, each prefill
+    shares steps with the others' decodes, as the planner models a replica's steady state. Returns
+    the requests of the steady state (benchmarks/_comparison.steady_state) and which were left
+    out. Each request has a noise image of its own: vLLM caches prefixes, images included, and a
+    repeated image would skip most of the prefill."""
     from openai import OpenAI
 
-    image = image_url()
+    per_client = requests + (1 if concurrency > 1 else 0)
+    images = [image_url() for _ in range(concurrency * per_client)]  # Image.effect_noise: new noise each call
     samples: list[Sample] = []
     errors: list[BaseException] = []
 
@@ -271,10 +281,10 @@ def measure_level(base_url: str, model: str, concurrency: int, requests: int, ou
         client = OpenAI(base_url=base_url, api_key="unused", timeout=600)
         time.sleep(index * e2e_s / concurrency)
         try:
-            for _ in range(requests):
-                samples.append(one_request(client, model, image, output_tokens))
-        except BaseException as error:  # reported below, after the other clients finish
-            errors.append(error)
+            for r in range(per_client):
+                samples.append(one_request(client, model, images[index * per_client + r], output_tokens, index, r))
+        except BaseException as exc:  # reported below, after the other clients finish
+            errors.append(exc)
 
     threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(concurrency)]
     for thread in threads:
@@ -283,7 +293,7 @@ def measure_level(base_url: str, model: str, concurrency: int, requests: int, ou
         thread.join()
     if errors:
         raise RuntimeError(f"{len(errors)} of {concurrency} clients failed: {errors[0]!r}")
-    return samples
+    return steady_state(sorted(samples, key=lambda x: x.started), concurrency)
 
 
 def wait_ready(base_url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
@@ -332,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="catalog id of its architecture (e.g. paligemma-3b-pt-224)")
     parser.add_argument("--gpu", default=None, help="catalog GPU type (default: detected)")
     parser.add_argument("--concurrency", default="1,4", help="comma-separated levels to measure")
-    parser.add_argument("--requests", type=int, default=8, help="requests per client at each level")
+    parser.add_argument("--requests", type=int, default=8, help="requests per client at each level (at concurrency > 1 after a warm-up request each, and those of the steady state kept)")
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=33800)
     parser.add_argument("--start-timeout", type=float, default=1200, help="seconds to wait for vLLM to serve")
@@ -375,14 +385,16 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(base_url, process, log_path, args.start_timeout)
         log = parse_vllm_log(log_path.read_text())
         served = deployment.engine_args.public_name
-        warm = measure_level(base_url, served, 1, 1, args.output_tokens)[0]
+        warm = measure_level(base_url, served, 1, 1, args.output_tokens)[0][0]
         text_tokens = warm.prompt_tokens - deployment.image_tokens - 2  # <bos> and "\n" frame the text
         measured = {}
         for level in levels:
-            samples = measure_level(base_url, served, level, args.requests, args.output_tokens, warm.e2e_s)
+            samples, discarded = measure_level(base_url, served, level, args.requests, args.output_tokens, warm.e2e_s)
+            if not samples:
+                raise SystemExit(f"concurrency {level}: no request in the steady state ({discarded}); raise --requests")
             measured[level] = (statistics.mean(x.ttft_s for x in samples), statistics.mean(x.tpot_s for x in samples))
-            print(f"concurrency {level}: {len(samples)} requests, TTFT {measured[level][0] * 1e3:.0f} ms, "
-                  f"TPOT {measured[level][1] * 1e3:.1f} ms", flush=True)  # fmt: skip
+            print(f"concurrency {level}: {len(samples)} requests in the steady state, TTFT {measured[level][0] * 1e3:.0f} "
+                  f"ms, TPOT {measured[level][1] * 1e3:.1f} ms; discarded {discarded}", flush=True)  # fmt: skip
     finally:
         from serve.cluster import stop_process_tree
 

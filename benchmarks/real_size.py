@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _control import machine_speed  # noqa: E402
 
-from benchmarks._comparison import Row, missed, render  # noqa: E402  (the table gpu_check.py prints too)
+from benchmarks._comparison import Row, missed, render, steady_state  # noqa: E402  (as gpu_check.py)
 from benchmarks.gpu_check import KV_TOKENS  # noqa: E402  (vLLM's KV line: one pattern)
 from serve.cluster import free_port  # noqa: E402
 
@@ -298,25 +298,6 @@ def closed_loop(base_url: str, model: str, concurrency: int, requests: int, prom
     return sorted(samples, key=lambda s: s.started)
 
 
-def steady_state(samples: list[Sample], concurrency: int) -> tuple[list[Sample], str]:
-    """The samples of a closed loop taken while all `concurrency` clients had a request in flight
-    (the state autoscale/performance.py models at batch = concurrency: each request's decode shares
-    its steps with the others' decodes and, once each, with their next prefills), and which were
-    left out. Kept: a request that is not its client's first, was sent once every client had sent
-    its first, and ended before any client's last request ended (after that fewer are in flight).
-    With one client every request is kept (the 2-token warm-up before it is discarded apart)."""
-    if concurrency <= 1:
-        return list(samples), "none (one client; the 2-token warm-up request is apart)"
-    clients = {s.client for s in samples}
-    all_started = max(min(s.started for s in samples if s.client == c) for c in clients)
-    first_done = min(max(s.ended for s in samples if s.client == c) for c in clients)
-    kept = [s for s in samples if s.index > 0 and s.started >= all_started and s.ended <= first_done + 1e-9]
-    firsts = sum(1 for s in samples if s.index == 0)
-    tail = len(samples) - firsts - len(kept)
-    return kept, (f"{len(samples) - len(kept)} of {len(samples)}: each client's first request ({firsts}, the ramp-up) "
-                  f"and {tail} sent before all clients had started or ended after the first client's last (the ramp-down)")
-
-
 # ---- the planner -----------------------------------------------------------------------------
 
 
@@ -463,6 +444,8 @@ def serve_and_measure(checkpoint: Path, dtype: str, image_size: int, state_dir: 
             samples = closed_loop(base_url, model, concurrency, requests, args.prompt, args.output_tokens,
                                   image_size, seed=concurrency * 1000, stagger_s=stagger)  # fmt: skip
             levels[concurrency], result["discarded"][concurrency] = steady_state(samples, concurrency)
+            if concurrency == 1:
+                result["discarded"][concurrency] += "; the 2-token warm-up request is apart"
             result["stagger_s"][concurrency] = stagger
             origin = samples[0].started
             for x in samples:

@@ -149,3 +149,28 @@ def test_error_is_relative_to_what_was_seen():
     assert error(110, 100) == pytest.approx(0.10) and error(90, 100) == pytest.approx(-0.10)
     assert error(None, 100) is None and error(1, 0) is None and error(1, None) is None
     assert Row("x", 1.0).verdict == "" and Row("x", 1.3, measured=1.0, target=0.25).verdict == "NOT met"
+
+
+def test_a_level_keeps_the_steady_state_of_a_staggered_closed_loop(monkeypatch):
+    """Each client's warm-up request and the ramp-down are left out; every request has an image of
+    its own (vLLM caches prefixes, images included)."""
+    import time
+
+    import benchmarks.gpu_check as gpu_check
+
+    images = []
+
+    def fake(client, model, image, output_tokens, who=0, index=0):
+        images.append(image)
+        started = time.perf_counter()
+        time.sleep(0.05)
+        ended = time.perf_counter()
+        return gpu_check.Sample(0.01, 0.001, 268, output_tokens, ended - started, started, ended, who, index)
+
+    monkeypatch.setattr(gpu_check, "one_request", fake)
+    monkeypatch.setattr("openai.OpenAI", lambda **kwargs: None)  # its start-up (TLS set-up) would blur the stagger
+    kept, discarded = gpu_check.measure_level("http://127.0.0.1:9/v1", "m", 4, 6, 8, e2e_s=0.05)
+    assert len(images) == 28 and len(set(images)) == 28  # 6 + a warm-up per client, no image twice
+    assert kept and all(s.index > 0 for s in kept) and discarded.startswith(f"{28 - len(kept)} of 28")
+    alone, none = gpu_check.measure_level("http://127.0.0.1:9/v1", "m", 1, 3, 8)
+    assert len(alone) == 3 and none == "none (one client)"

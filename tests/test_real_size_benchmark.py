@@ -194,6 +194,7 @@ def test_the_closed_loop_staggers_its_clients_and_each_waits_for_its_reply(monke
         return real_size.Sample(0.01, 0.001, 268, output_tokens, started, time.perf_counter(), who, index)
 
     monkeypatch.setattr(real_size, "one_request", fake)
+    monkeypatch.setattr("openai.OpenAI", lambda **kwargs: None)  # its start-up (TLS set-up) would blur the stagger
     monkeypatch.setattr(real_size, "image_url", lambda seed, size: f"image {seed}")
     before = time.perf_counter()
     samples = real_size.closed_loop("http://127.0.0.1:9/v1", "m", 3, 2, "caption en", 8, 224, 0, stagger_s=0.2)
