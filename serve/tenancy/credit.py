@@ -9,8 +9,12 @@ has left (the store checks it when granting), so far from the limits the credit 
 gateways together stays a small part of the headroom, and near them none is granted: every admission is one exact `ACQUIRE` again.
 How much is asked follows the tenant's rate here (its admissions in the last `HORIZON_S`, at
 most `MAX_CREDIT`; twice that is asked for, and more in the background when what is held falls
-to it), so a steady tenant does not wait. Credit lives `CREDIT_TTL_S`; what is left then is handed back (members
-removed). Bookkeeping leaves in one script call per tenant per `FLUSH_S` (sooner for a tenant
+to it, credit about to lapse not counted), so a steady tenant does not wait. A tenant holding
+none (its rate here still starting from zero) asks for at least `START_CREDIT` at once, so that
+it does not run dry again and again while its rate grows. And whatever its rate, one of R
+gateways never holds more than `TOLERANCE` / R of any limit (`credit_cap`): all of them together
+hold at most 5% of it unused, so a tight limit gets little or no credit. Credit lives
+`CREDIT_TTL_S`; what is left then is handed back (members removed). Bookkeeping leaves in one script call per tenant per `FLUSH_S` (sooner for a tenant
 without credit, as before): settlements, credit handed back, and the time each credit was really
 used (the entry is re-stamped, so the 60 s window slides from the admission, not the reservation).
 
@@ -21,11 +25,13 @@ one tenant also travels on one FIFO lane). The price is the other way round: whi
 holds unused credit, another gateway may be refused up to that much early. It cannot happen
 with one gateway (its own unused credit is handed back in the same call as an exact admission),
 nor while the gateways use their credit about evenly (each holds at most 1/(2R+1) of the
-headroom); with uneven traffic it lasts at most `CREDIT_TTL_S`. Tokens are known only when a
+headroom); with uneven traffic it lasts at most `CREDIT_TTL_S`, and comes at most `TOLERANCE`
+(5%) of the limit early. Tokens are known only when a
 request ends, so credit cannot reserve them: a gateway uses its credit only while the tokens it
 settled for the tenant since asking stay under its 1/R share of the tokens then left (exact with
 one gateway; with several, the others' settlements reach its view at its next call, at most
-`CREDIT_TTL_S` later). A store that is down fails admission closed once the credit lapses.
+`CREDIT_TTL_S` later), and holds at most `TOLERANCE` / R of the limit in requests at the mean
+tokens per request it settled for the tenant (none before the first settles). A store that is down fails admission closed once the credit lapses.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -47,10 +54,34 @@ CREDIT_TTL_S = 1.0  # credit unused this long after it was granted is handed bac
 HORIZON_S = 0.5  # credit asked for: the tenant's admissions here in the last this long
 MIN_CREDIT = 2  # a tenant slower than this per HORIZON_S asks the store every time
 MAX_CREDIT = 256
+# A tenant holding no credit asks for at least this much (its rate here starts from zero, and a
+# tenant whose credit grew from there ran dry on its way up): see `credit_cap` for the bound.
+START_CREDIT = 64
+# Credit one of R gateways holds for a tenant, used or not, stays under TOLERANCE / R of each of
+# its limits: what all of them hold unused (which another gateway may be refused early for) stays
+# under TOLERANCE of the limit.
+TOLERANCE = 0.05
+LEAD_S = 0.25  # credit that lapses sooner does not count as held when deciding to ask for more
 FLUSH_S = 0.25  # bookkeeping of tenants holding credit leaves this often
 QUIET_S = 0.25  # no background request for credit this long after one got none (or failed)
 RESTAMP_AFTER_S = 0.005  # credit used within this of its reservation keeps the reservation's time
 RETRIES = 3
+
+
+def credit_cap(limits: TenantLimits, gateways: int, tokens_per_request: float | None) -> int | None:
+    """The most credit one of `gateways` gateways may hold for a tenant under `limits` (None: no
+    limit bounds it): TOLERANCE of each limit split among the gateways, so that all of them
+    together never hold more than TOLERANCE of any limit. Requests and concurrency count entries;
+    tokens count requests at the tenant's mean tokens per request here (`tokens_per_request`),
+    and none while that is unknown (tokens cannot be reserved: a request's are known at its end)."""
+    share, caps = TOLERANCE / max(1, gateways), []
+    for limit in (limits.requests_per_min, limits.max_concurrency):
+        if limit is not None:
+            caps.append(math.floor(limit * share))
+    if limits.tokens_per_min is not None:
+        per_request = max(1.0, tokens_per_request) if tokens_per_request is not None else math.inf
+        caps.append(math.floor(limits.tokens_per_min * share / per_request) if per_request < math.inf else 0)
+    return max(0, min(caps)) if caps else None
 
 
 class Block:
@@ -72,7 +103,7 @@ class TenantCredit:
     """One tenant at this gateway: its credit, its pending bookkeeping and its recent rate."""
 
     __slots__ = ("blocks", "limits", "asking", "quiet_until", "settled", "bucket", "previous", "bucket_start",
-                 "settles", "restamps", "returns", "attempt")  # fmt: skip
+                 "settles", "restamps", "returns", "attempt", "settled_requests")  # fmt: skip
 
     def __init__(self):
         self.blocks: deque[Block] = deque()
@@ -80,6 +111,7 @@ class TenantCredit:
         self.asking: asyncio.Future | None = None  # the call asking for credit, while it is out
         self.quiet_until = 0.0
         self.settled = 0  # tokens settled here, all told (the credit's token share is measured on it)
+        self.settled_requests = 0  # requests settled here, all told (tokens per request: first credit)
         self.bucket, self.previous, self.bucket_start = 0, 0, 0.0  # admissions per HORIZON_S
         self.settles: list[tuple[str, int]] = []
         self.restamps: list[tuple[str, float]] = []
@@ -173,7 +205,7 @@ class QuotaCredit:
             if member is not None:
                 return member, None
         request_id = self.store.new_id()
-        credit = 0 if state.asking is not None else self._wanted(state, time.monotonic())
+        credit = 0 if state.asking is not None else self._wanted(state, limits, time.monotonic())
         self.asked += 1
         reply = self._call(tenant, state, limits, request_id, credit, self.store.timeout_s)
         result = self.store.reply(await reply, tenant, limits)
@@ -186,25 +218,37 @@ class QuotaCredit:
         if state is None:
             state = self._tenants[tenant] = TenantCredit()
         state.settled += tokens
+        state.settled_requests += 1
         state.settles.append((request_id, int(tokens)))
         self._mark(tenant, urgent=not state.blocks and state.asking is None)
 
     # ---- credit ----------------------------------------------------------------------------
 
-    def _wanted(self, state: TenantCredit, now: float) -> int:
-        """Credit to ask for once what is held would last less than HORIZON_S at the tenant's
-        recent rate here: enough for twice that, less what is held; 0 below MIN_CREDIT (or
-        without `gateways`)."""
+    def _wanted(self, state: TenantCredit, limits: TenantLimits, now: float) -> int:
+        """Credit to ask for once what is held (counting only credit that lapses no sooner than
+        LEAD_S) would last less than HORIZON_S at the tenant's recent rate here: enough for twice
+        that (at least START_CREDIT when none is held), less what is held, within MAX_CREDIT and
+        `credit_cap`; 0 below MIN_CREDIT (or without `gateways`)."""
         if self.gateways is None:
             return 0
         target = min(MAX_CREDIT, max(state.previous, state.bucket))
         if target < MIN_CREDIT:
             return 0
-        held = sum(b.last - b.next + 1 for b in state.blocks)
-        return min(MAX_CREDIT, 2 * target) - held if held <= target else 0
+        lapse = now + min(LEAD_S, self.ttl_s / 4)
+        held = usable = 0
+        for block in state.blocks:
+            count = block.last - block.next + 1
+            held += count
+            usable += count if block.expires > lapse else 0
+        if usable > target:
+            return 0
+        wanted = min(MAX_CREDIT, 2 * target if held else max(2 * target, START_CREDIT)) - usable
+        per_request = state.settled / state.settled_requests if state.settled_requests else None
+        cap = credit_cap(limits, self.gateways, per_request)
+        return max(0, wanted if cap is None else min(wanted, cap - held))
 
     def _top_up(self, tenant: str, state: TenantCredit, limits: TenantLimits, now: float) -> None:
-        credit = self._wanted(state, now)
+        credit = self._wanted(state, limits, now)
         if credit > 0:
             self._call(tenant, state, limits, "", credit, SETTLE_TIMEOUT_S)
 

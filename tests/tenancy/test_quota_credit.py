@@ -15,7 +15,7 @@ from paliserve.spec import TenantLimits
 from serve.cluster import free_port
 from serve.redis_server import LocalRedis, find_redis_server
 from redis_fixture import redis_server  # noqa: F401 (a fixture)
-from serve.tenancy.credit import FLUSH_S, QuotaCredit
+from serve.tenancy.credit import FLUSH_S, START_CREDIT, TOLERANCE, QuotaCredit, credit_cap
 from serve.tenancy.quotas import QuotaStore, QuotaUnavailable, keys
 
 
@@ -287,3 +287,103 @@ def test_limits_changed_live_end_the_credit(fresh):
 
     asked, rejection = asyncio.run(scenario())
     assert asked == 1 and rejection is not None and rejection.limit == "requests_per_min"
+
+
+def test_the_credit_a_gateway_may_hold_is_within_the_tolerance_of_each_limit():
+    """What R gateways may hold together stays within TOLERANCE (5%) of every limit; a limit so
+    tight that one credit per gateway would exceed it gets none (every admission asks)."""
+    assert TOLERANCE == 0.05
+    assert credit_cap(TenantLimits(), 4, None) is None  # no limit bounds it (MAX_CREDIT does)
+    huge = TenantLimits(requests_per_min=10**9, tokens_per_min=10**12, max_concurrency=10**6)
+    assert credit_cap(huge, 4, 30.0) > START_CREDIT  # the benchmark's tenants: a full first credit
+    assert credit_cap(TenantLimits(requests_per_min=400), 4, None) == 5  # 4 x 5 = 20 = 5% of 400
+    assert credit_cap(TenantLimits(requests_per_min=60), 4, None) == 0  # 4 x 1 would be 6.7%
+    assert credit_cap(TenantLimits(requests_per_min=60), 1, None) == 3
+    assert credit_cap(TenantLimits(max_concurrency=40), 1, None) == 2
+    assert credit_cap(TenantLimits(max_concurrency=40), 2, None) == 1
+    assert credit_cap(TenantLimits(requests_per_min=10**6, max_concurrency=100), 2, None) == 2  # the tightest
+    # tokens cannot be reserved: requests at the tenant's mean tokens per request, none while unknown
+    assert credit_cap(TenantLimits(tokens_per_min=100_000), 2, None) == 0
+    assert credit_cap(TenantLimits(tokens_per_min=100_000), 2, 100.0) == 25  # 2 x 25 x 100 = 5%
+    assert credit_cap(TenantLimits(tokens_per_min=100_000), 2, 0.0) == 2500
+    assert credit_cap(TenantLimits(tokens_per_min=3_000), 1, 70.0) == 2
+    for gateways in (1, 2, 3, 4, 7, 16):
+        for limit in (1, 19, 20, 59, 60, 79, 80, 399, 400, 1_000, 12_345, 10**6):
+            for limits in (TenantLimits(requests_per_min=limit), TenantLimits(max_concurrency=limit)):
+                assert gateways * credit_cap(limits, gateways, None) <= TOLERANCE * limit
+            for per_request in (0.5, 1.0, 37.0, 500.0):
+                cap = credit_cap(TenantLimits(tokens_per_min=limit), gateways, per_request)
+                assert gateways * cap * max(1.0, per_request) <= TOLERANCE * limit
+
+
+def test_a_tenant_holding_no_credit_gets_its_first_credit_whole(fresh):
+    """Credit does not grow from zero with the tenant's rate: the first that a busy tenant asks
+    for (its second admission) is START_CREDIT, or the tolerance's cap when that is less."""
+    async def scenario():
+        store = store_of(fresh)
+        one, four = QuotaCredit(store, gateways=1), QuotaCredit(store, gateways=4)
+        high = TenantLimits(requests_per_min=10**9, max_concurrency=10**6)
+        for _ in range(2):
+            assert (await admit(one, "start", high))[1] is None
+        reserved = (await counts(store, "start"))[0] - 2
+        from_credit = [one.take("start", high) for _ in range(START_CREDIT)]  # no await: no top-up lands
+        tight = TenantLimits(requests_per_min=400)
+        for _ in range(2):
+            assert (await admit(four, "tight", tight))[1] is None
+        tight_reserved = (await counts(store, "tight"))[0] - 2
+        for credit in (one, four):
+            await credit.aclose()
+        await store.aclose()
+        return reserved, from_credit, tight_reserved
+
+    reserved, from_credit, tight_reserved = asyncio.run(scenario())
+    assert reserved == START_CREDIT
+    assert None not in from_credit and len(set(from_credit)) == START_CREDIT
+    assert tight_reserved == 5  # 5% of 400 over 4 gateways
+
+
+@pytest.mark.parametrize("limit_name", ["requests_per_min", "max_concurrency"])
+def test_four_gateways_hold_no_more_than_the_tolerance_of_a_tight_limit(fresh, limit_name):
+    """Four gateways (credit sized for 4) build credit for one tenant, then three go quiet with
+    their credit held (it lapses only after 5 s here) and the fourth admits until refused: it is
+    refused no earlier than 95% of the limit (what the others hold unused is within 5%), never
+    past it, and once the credit is handed back exactly the limit has been admitted. Requests
+    are never settled, so the concurrency limit counts every admission too."""
+    limit = 400
+    limits = TenantLimits(**{limit_name: limit})
+
+    async def scenario():
+        stores = [store_of(fresh) for _ in range(4)]
+        gateways = [QuotaCredit(s, gateways=4, ttl_s=5.0) for s in stores]
+        admitted, held_most = 0, 0
+        for gateway in gateways:  # each a burst: credit asked for and topped up
+            for _ in range(20):
+                admitted += (await admit(gateway, "tight", limits))[1] is None
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.02)  # top-ups in flight land
+            held_most = max(held_most, (await counts(stores[0], "tight"))[0] - admitted)
+        refused = None
+        for _ in range(2 * limit):
+            _, rejection = await admit(gateways[0], "tight", limits)
+            if rejection is not None:
+                refused = (admitted, rejection.limit)
+                break
+            admitted += 1
+            held_most = max(held_most, (await counts(stores[0], "tight"))[0] - admitted)
+        for gateway in gateways:
+            await gateway.aclose()
+        after = (await counts(stores[0], "tight"))[0]
+        more = 0  # exact admissions (no credit) of what is left
+        for _ in range(limit):
+            more += await stores[0].acquire("tight", limits, stores[0].new_id()) is None
+        for s in stores:
+            await s.aclose()
+        return held_most, refused, after, admitted, more
+
+    held_most, refused, after, admitted, more = asyncio.run(scenario())
+    print(f"\n{limit_name}={limit}, 4 gateways: at most {held_most} held unused; first refusal after {refused}; "
+          f"{more} more once the credit was handed back")
+    assert held_most <= TOLERANCE * limit
+    assert refused is not None and refused[1] == limit_name and (1 - TOLERANCE) * limit <= refused[0] <= limit
+    assert after == admitted  # every unused credit handed back
+    assert admitted + more == limit
