@@ -15,7 +15,12 @@ request in the background. No engine: what is timed is the admission path alone,
 - no limits: the same tenants without limits (no call to the store): the baseline.
 - open: a plan without tenants (loopback check and the fair-queue slot only).
 - 4 gateways: PROCESSES OS processes, each running the quotas path at CONCURRENCY against the
-  same Redis at once, credit sized for PROCESSES gateways; admissions/s summed over them.
+  same Redis at once, credit sized for PROCESSES gateways; admissions/s summed over them. Each
+  process's timed run follows WARMUP untimed admissions once all have started, as in one process.
+
+Printed besides: the date and load average at start and end, and how many admissions of each
+timed run asked the store (waited on it) although credit was in use: over 1% of a run is a p99
+that waits on Redis.
 
 A machine-speed control (benchmarks/_control.py, a fixed pure-Python loop) is printed first:
 figures from this shared machine compare only beside it.
@@ -30,6 +35,7 @@ import asyncio
 import hashlib
 import json
 import multiprocessing
+import os
 import queue
 import signal
 import statistics
@@ -73,6 +79,7 @@ def config(with_tenants: list[TenantPlan], gateways: int | None = None) -> Tenan
 
 REFUSED: list[int] = [0]  # admissions refused (503: the store did not answer within its timeout)
 CREDIT: dict[str, int] = {}  # admissions from local credit and asking the store, one gateway with credit
+TIMED_ASKED: list[int] = []  # admissions that asked the store (waited on it) in each timed run, one gateway with credit
 
 
 async def drive(tenancy: Tenancy, requests: int, concurrency: int, keys: list[str | None]) -> tuple[list[float], float]:
@@ -131,12 +138,18 @@ def gateway_process(info: dict, args, start, results) -> None:
         await drive(on, 200, args.concurrency, keys)  # warm-up: connections, scripts loaded
         results.put("ready")
         start.wait()
+        # as in one process: each timed run follows WARMUP untimed admissions (the other processes'
+        # start-up outlasted the credit the warm-up above left)
+        await drive(on, WARMUP, args.concurrency, keys)
+        asked = on.credit.asked
         timings, wall = await drive(on, args.requests, args.concurrency, keys)
         ended = time.time()
+        asked = on.credit.asked - asked
         await on.credit.aclose()  # credit handed back, bookkeeping sent
         await on.quotas.aclose()
         results.put(json.dumps({"timings": timings, "wall": wall, "began": ended - wall, "ended": ended,
-                                "refused": REFUSED[0], "local": on.credit.local, "asked": on.credit.asked}))
+                                "refused": REFUSED[0], "local": on.credit.local, "asked": on.credit.asked,
+                                "timed_asked": asked}))
 
     asyncio.run(run())
 
@@ -165,7 +178,8 @@ def four_gateways(info: dict, args) -> dict:
     timings = [t for run in runs for t in run["timings"]]
     wall = max(r["ended"] for r in runs) - min(r["began"] for r in runs)
     REFUSED[0] += sum(r["refused"] for r in runs)
-    return {**summary(timings, wall), "local": sum(r["local"] for r in runs), "asked": sum(r["asked"] for r in runs)}
+    return {**summary(timings, wall), "local": sum(r["local"] for r in runs), "asked": sum(r["asked"] for r in runs),
+            "timed_asked": sum(r["timed_asked"] for r in runs)}
 
 
 async def one_gateway(info: dict, args) -> dict[str, list[dict]]:
@@ -182,7 +196,10 @@ async def one_gateway(info: dict, args) -> dict[str, list[dict]]:
     for round_ in range(args.rounds):
         for name, (tenancy, k) in setups.items():
             await drive(tenancy, WARMUP, args.concurrency, k)  # steady state: what earlier setups' runs left lapsed
+            asked = tenancy.credit.asked if tenancy.credit is not None else 0
             row = summary(*await drive(tenancy, args.requests, args.concurrency, k))
+            if name == "tenants, quotas (Redis)":
+                TIMED_ASKED.append(tenancy.credit.asked - asked)
             rows.setdefault(name, []).append(report(f"{name} #{round_ + 1}", row))
     await asyncio.sleep(0.5)  # let background settlements finish
     credit = setups["tenants, quotas (Redis)"][0].credit
@@ -199,6 +216,7 @@ def main(args) -> None:
     from serve.redis_server import LocalRedis, find_redis_server
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still stop redis-server below
+    print(f"started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load()}")
     speed = machine_speed()
     print(f"machine-speed control: {speed:.3f} s for the fixed loop (benchmarks/_control.py; lower is faster)")
     with tempfile.TemporaryDirectory(prefix="paliserve-admission-") as temp_dir:
@@ -230,10 +248,19 @@ def main(args) -> None:
     multi_local, multi_asked = sum(r["local"] for r in multi), sum(r["asked"] for r in multi)
     print(f"  admissions from local credit: one gateway {CREDIT['local']} of {CREDIT['local'] + CREDIT['asked']}, "
           f"{args.processes} gateways {multi_local} of {multi_local + multi_asked} (warm-ups included)")  # fmt: skip
+    print(f"  admissions that asked the store (waited on it) in the timed runs: one gateway {TIMED_ASKED} of "
+          f"{args.requests} each, {args.processes} gateways {[r['timed_asked'] for r in multi]} of "
+          f"{args.processes * args.requests} each (1% of a run is what its p99 allows)")  # fmt: skip
     # In a closed loop, a caller that awaits the store waits for the other callers' turns too:
     # latency at concurrency 64 is about 64 x the CPU an admission costs. The CPU it adds:
     print(f"  CPU per admission, one process: quotas {1e6 / quotas['rate']:.0f} µs, no limits {1e6 / base['rate']:.0f} µs "
           f"(+{1e6 / quotas['rate'] - 1e6 / base['rate']:.0f} µs); refused (store timeout): {REFUSED[0]}")  # fmt: skip
+    print(f"ended {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load()} (1, 5, 15 min; this machine's cores: "
+          f"{os.cpu_count()})")  # fmt: skip
+
+
+def load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
