@@ -17,7 +17,7 @@ from autoscale.planner import SpecError
 
 from .checks import PlanRefused
 from .render import render, write_tree
-from .settings import GPU_PRODUCTS, KUBERNETES_VERSION, Settings
+from .settings import CPU_IMAGE, GPU_PRODUCTS, IMAGE, KUBERNETES_VERSION, Settings
 from .sources import load_plan_or_spec
 from .validate import ManifestInvalid, validate_tree
 
@@ -35,7 +35,7 @@ def k8s_command(
     out: Annotated[Path, typer.Option("-o", "--out", help="Directory for base/ and overlays/<overlay>/ (one overlay per run: render another plan into it for another).")],
     overlay: Annotated[Optional[str], typer.Option(help="Overlay name (default: prod with GPUs, dev without).")] = None,
     validate: Annotated[bool, typer.Option("--validate", help=f"Check the tree offline (Kubernetes {KUBERNETES_VERSION}, CRDs, promtool, kustomize).")] = False,
-    image: Annotated[Optional[str], typer.Option(help="Container image with paliserve, Ray and vLLM.")] = None,
+    image: Annotated[Optional[str], typer.Option(help=f"Container image with paliserve, Ray and vLLM (default: {IMAGE} for a plan with GPUs, {CPU_IMAGE} without: scripts/build_images.sh).")] = None,
     name: Annotated[str, typer.Option(help="RayService name and app.kubernetes.io/instance.")] = Settings.name,
     prometheus_url: Annotated[str, typer.Option(help="RAY_PROMETHEUS_HOST for the autoscaling policy.")] = Settings.prometheus_url,
     monitoring_namespace: Annotated[str, typer.Option(help="Namespace of Prometheus (may scrape the metrics port).")] = Settings.monitoring_namespace,
@@ -49,13 +49,14 @@ def k8s_command(
     """Render Kubernetes manifests (KubeRay RayService, Secret, NetworkPolicy, monitoring) for a plan."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        settings = Settings(name=name, image=image or Settings().image, prometheus_url=prometheus_url,
+        serving = load_plan_or_spec(plan, tiny_model)
+        gpus = any(d.device == "gpu" for d in serving.deployments)
+        settings = Settings(name=name, image=image or (IMAGE if gpus else CPU_IMAGE), prometheus_url=prometheus_url,
                             monitoring_namespace=monitoring_namespace, operator_namespace=operator_namespace,
                             gpu_products={**GPU_PRODUCTS, **_pairs(gpu_product or [])}, tiny_model=tiny_model,
                             quota_store_url=quota_store_url, gcs_redis_address=gcs_redis_address,
                             gcs_store=gcs_ft)
-        serving = load_plan_or_spec(plan, tiny_model)
-        chosen = overlay or ("prod" if any(d.device == "gpu" for d in serving.deployments) else "dev")
+        chosen = overlay or ("prod" if gpus else "dev")
         files = render(serving, chosen, settings, source=str(plan))
     except (PlanRefused, SpecError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .render import render, write_tree
-from .settings import Settings
+from .settings import CPU_IMAGE, Settings
 from .sources import load_plan_or_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ TINY_MODEL = "/models/tiny-paligemma"
 # overlay -> (cluster spec relative to the repository, settings)
 SOURCES = {
     "prod": ("examples/cluster.yaml", Settings()),
-    "dev": ("paliserve/defaults/local-cpu.yaml", Settings(tiny_model=TINY_MODEL)),
+    "dev": ("paliserve/defaults/local-cpu.yaml", Settings(image=CPU_IMAGE, tiny_model=TINY_MODEL)),
 }
 
 

@@ -109,7 +109,5 @@ def test_default_image_is_what_the_script_builds():
     assert _overlay_image("prod") == tags["gpu"]
 
 
-@pytest.mark.xfail(strict=True, reason="the renderer names the GPU image for every overlay: "
-                   "k8s/cli.py and k8s/committed.py do not yet pick CPU_IMAGE for CPU-only plans")
 def test_dev_overlay_names_the_cpu_image():
     assert _overlay_image("dev") == _built_tags()["cpu"]
