@@ -62,6 +62,9 @@ START_CREDIT = 64
 # under TOLERANCE of the limit.
 TOLERANCE = 0.05
 LEAD_S = 0.25  # credit that lapses sooner does not count as held when deciding to ask for more
+# (nor credit that lapses sooner than RTT_LEADS credit round trips: `QuotaCredit.rtt_s`, and
+# what is held must also last that many round trips at the tenant's rate here)
+RTT_LEADS = 2
 FLUSH_S = 0.25  # bookkeeping of tenants holding credit leaves this often
 QUIET_S = 0.25  # no background request for credit this long after one got none (or failed)
 RESTAMP_AFTER_S = 0.005  # credit used within this of its reservation keeps the reservation's time
@@ -146,6 +149,7 @@ class QuotaCredit:
         self._calls: set[asyncio.Future] = set()
         self.local = 0  # admissions from credit
         self.asked = 0  # admissions that asked the store
+        self.rtt_s = 0.0  # how long a call asking for credit takes to come back (moving average)
 
     # ---- the request path ----------------------------------------------------------------
 
@@ -226,23 +230,26 @@ class QuotaCredit:
 
     def _wanted(self, state: TenantCredit, limits: TenantLimits, now: float) -> int:
         """Credit to ask for once what is held (counting only credit that lapses no sooner than
-        LEAD_S) would last less than HORIZON_S at the tenant's recent rate here: enough for twice
-        that (at least START_CREDIT when none is held), less what is held, within MAX_CREDIT and
-        `credit_cap`; 0 below MIN_CREDIT (or without `gateways`)."""
+        LEAD_S or RTT_LEADS round trips) would last less than HORIZON_S (or those round trips) at
+        the tenant's recent rate here: enough for that and HORIZON_S more (at least START_CREDIT
+        when none is held), less what is held, within MAX_CREDIT and `credit_cap`; 0 below
+        MIN_CREDIT (or without `gateways`)."""
         if self.gateways is None:
             return 0
         target = min(MAX_CREDIT, max(state.previous, state.bucket))
         if target < MIN_CREDIT:
             return 0
-        lapse = now + min(LEAD_S, self.ttl_s / 4)
+        lead = RTT_LEADS * self.rtt_s
+        lapse = now + min(max(LEAD_S, lead), self.ttl_s / 2)
         held = usable = 0
         for block in state.blocks:
             count = block.last - block.next + 1
             held += count
             usable += count if block.expires > lapse else 0
-        if usable > target:
+        low = max(target, math.ceil(target * lead / HORIZON_S))  # HORIZON_S, or `lead`, at its rate
+        if usable > low:
             return 0
-        wanted = min(MAX_CREDIT, 2 * target if held else max(2 * target, START_CREDIT)) - usable
+        wanted = min(MAX_CREDIT, low + target if held else max(low + target, START_CREDIT)) - usable
         per_request = state.settled / state.settled_requests if state.settled_requests else None
         cap = credit_cap(limits, self.gateways, per_request)
         return max(0, wanted if cap is None else min(wanted, cap - held))
@@ -291,6 +298,7 @@ class QuotaCredit:
             return
         if not credit:
             return
+        self.rtt_s += 0.2 * (time.monotonic() - asked_at - self.rtt_s)
         result = self.store.reply(reply.result(), tenant, limits)
         if result.granted == 0:
             state.quiet_until = time.monotonic() + QUIET_S
