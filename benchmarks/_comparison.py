@@ -4,6 +4,8 @@ and whether it is within its target."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -101,3 +103,23 @@ def steady_state(samples: list[T], concurrency: int) -> tuple[list[T], str]:
     tail = len(samples) - firsts - len(kept)
     return kept, (f"{len(samples) - len(kept)} of {len(samples)}: each client's first request ({firsts}, the ramp-up) "
                   f"and {tail} sent before all clients had started or ended after the first client's last (the ramp-down)")
+
+
+def run_clients(count: int, client_loop: Callable[[int], None]) -> None:
+    """Run `client_loop(k)` for k in 0..count-1, each in a thread of its own, and raise once all
+    have ended if any of them raised."""
+    errors: list[BaseException] = []
+
+    def guarded(k: int) -> None:
+        try:
+            client_loop(k)
+        except BaseException as exc:  # reported below, after the other clients finish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,), daemon=True) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {count} clients failed: {errors[0]!r}")

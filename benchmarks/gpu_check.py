@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._control import machine_speed  # noqa: E402
-from benchmarks._comparison import Row, error, render, steady_state  # noqa: E402,F401  (error: for the tests)
+from benchmarks._comparison import Row, error, render, run_clients, steady_state  # noqa: E402,F401  (error: for the tests)
 
 KV_TARGET = 0.02  # KV tokens within 2% of vLLM's (issue #15)
 SPEED_TARGET = 0.25  # TTFT and TPOT within 25% of measured without a profile (issue #15)
@@ -275,24 +274,14 @@ def measure_level(base_url: str, model: str, concurrency: int, requests: int, ou
     per_client = requests + (1 if concurrency > 1 else 0)
     images = [image_url() for _ in range(concurrency * per_client)]  # Image.effect_noise: new noise each call
     samples: list[Sample] = []
-    errors: list[BaseException] = []
 
     def client_loop(index: int):
         client = OpenAI(base_url=base_url, api_key="unused", timeout=600)
         time.sleep(index * e2e_s / concurrency)
-        try:
-            for r in range(per_client):
-                samples.append(one_request(client, model, images[index * per_client + r], output_tokens, index, r))
-        except BaseException as exc:  # reported below, after the other clients finish
-            errors.append(exc)
+        for r in range(per_client):
+            samples.append(one_request(client, model, images[index * per_client + r], output_tokens, index, r))
 
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {concurrency} clients failed: {errors[0]!r}")
+    run_clients(concurrency, client_loop)
     return steady_state(sorted(samples, key=lambda x: x.started), concurrency)
 
 

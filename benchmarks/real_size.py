@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _control import machine_speed  # noqa: E402
 
-from benchmarks._comparison import Row, missed, render, steady_state  # noqa: E402  (as gpu_check.py)
+from benchmarks._comparison import Row, missed, render, run_clients, steady_state  # noqa: E402  (as gpu_check.py)
 from benchmarks.gpu_check import KV_TOKENS  # noqa: E402  (vLLM's KV line: one pattern)
 from serve.cluster import free_port  # noqa: E402
 
@@ -277,24 +277,14 @@ def closed_loop(base_url: str, model: str, concurrency: int, requests: int, prom
 
     urls = [image_url(seed + i, image_size) for i in range(concurrency * requests)]
     samples: list[Sample] = []
-    errors: list[BaseException] = []
 
     def client_loop(k: int) -> None:
         client = OpenAI(base_url=base_url, api_key="unused", timeout=600, max_retries=0)
         time.sleep(k * stagger_s)
-        try:
-            for r in range(requests):
-                samples.append(one_request(client, model, urls[k * requests + r], prompt, output_tokens, k, r))
-        except BaseException as exc:  # reported below, after the other clients finish
-            errors.append(exc)
+        for r in range(requests):
+            samples.append(one_request(client, model, urls[k * requests + r], prompt, output_tokens, k, r))
 
-    threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {concurrency} clients failed: {errors[0]!r}")
+    run_clients(concurrency, client_loop)
     return sorted(samples, key=lambda s: s.started)
 
 
