@@ -21,7 +21,13 @@ import os
 
 logger = logging.getLogger("paliserve.ingress")
 
-HAPROXY_MODE = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+HAPROXY_MODE = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Check each replica every second while it is up (Ray's default: 5 s); a replica whose
+    # engine died fails its check at Serve's next health check (2 s, serve/engine.py), so
+    # HAProxy stops sending it requests within about 3 s (tests/reliability/test_faults.py).
+    "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
+}
 LOCAL_DRAIN_NOTICE_S = 3
 
 
@@ -56,10 +62,6 @@ def haproxy_env(cluster_dir: str, free_port) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        # Check each replica every second while it is up (Ray's default: 5 s); a replica whose
-        # engine died fails its check at Serve's next health check (2 s, serve/engine.py), so
-        # HAProxy stops sending it requests within about 3 s (tests/reliability/test_faults.py).
-        "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
         # A stopping ingress replica fails HAProxy's health checks for this long before it closes
         # (requests in flight still finish): Ray's 30 s suits HAProxies on other nodes; on one
         # node HAProxy checks every 250 ms once a check fails.
