@@ -17,15 +17,6 @@ model and accelerator is given. Times are seconds.
   lambda = batch x the load's arrivals per request in flight (hardware-independent, see demand.py);
   p95 wait = prefill / (1 - rho) x ln(rho / 0.05), at most (batch - 1) prefills (only the other
   requests in flight can be ahead).
-- The closed loop (`closed_loop_wait_s`). b requests in flight arrive at least at b / E (E the
-  engine's request time above: each ends and is replaced), whatever rate the load gives; so the
-  other b - 1 requests' prefills keep the prefill server busy a fraction rho_o = (b - 1) x
-  prefill x max(1 / E, arrivals per request) (at most 1) of the time. An arriving request finds
-  one running with probability rho_o and waits for its remainder (uniform over the prefill) in
-  TTFT: mean rho_o x prefill / 2, p95 prefill x (1 - 0.05 / rho_o) (0 below rho_o = 0.05); the
-  TTFT p95's queue wait is the larger of this and the M/M/1 figure. The other prefills that run
-  while it decodes stall its TPOT: the (b - 1) x prefill / output per token above less the mean
-  wait spread over its output - 1 tokens, so TTFT mean + (output - 1) x TPOT (E) is unchanged.
 - Throughput at batch b: b requests in flight, each taking E2E = mean TTFT + (output - 1) x TPOT,
   so b / E2E requests/s and b x output / E2E tokens/s (Little's law).
 
@@ -199,21 +190,7 @@ class ReplicaPerformance:
 
     def engine_tpot_s(self, batch: float, load: Load) -> float:
         prefill_per_step = max(batch - 1, 0) * self.prefill_s(load.prompt_mean) / max(load.output_mean, 1.0)
-        waited = self.closed_loop_wait_s(batch, load)[0] / max(load.output_mean - 1, 1.0)
-        return self.step_s(batch, load.context_mean) + prefill_per_step - waited
-
-    def closed_loop_wait_s(self, batch: float, load: Load) -> tuple[float, float]:
-        """Mean and p95 of the wait for another request's prefill to finish (see the module's
-        docstring, "The closed loop"): (rho_o x prefill / 2, prefill x (1 - 0.05 / rho_o))."""
-        if batch <= 1:
-            return 0.0, 0.0
-        prefill = self.prefill_s(load.prompt_mean)
-        step = self.step_s(batch, load.context_mean)
-        output = max(load.output_mean, 1.0)
-        engine_e2e = prefill + step + max(output - 1, 0) * (step + (batch - 1) * prefill / output)
-        rate = max(1 / engine_e2e, load.arrivals_per_request_s)
-        rho = min((batch - 1) * prefill * rate, 1.0)
-        return rho * prefill / 2, (prefill * (1 - 0.05 / rho) if rho > 0.05 else 0.0)
+        return self.step_s(batch, load.context_mean) + prefill_per_step
 
     def tpot_s(self, batch: float, load: Load) -> float:
         return max(self.engine_tpot_s(batch, load) + self.path_s("tpot", batch), 1e-6)
@@ -273,7 +250,7 @@ class ReplicaPerformance:
         if rho >= 1:
             return ahead
         queue = service / (1 - rho) * math.log(rho / 0.05) if rho > 0.05 else 0.0
-        return min(max(queue, self.closed_loop_wait_s(batch, load)[1]), ahead)
+        return min(queue, ahead)
 
     def ttft_p95_s(self, batch: float, load: Load, prompt_p95: float) -> float:
         return self.prefill_s(prompt_p95) + self.ttft_p95_besides_prefill_s(batch, load)
@@ -287,9 +264,7 @@ class ReplicaPerformance:
         return self.queue_wait_p95_s(batch, load) + step
 
     def ttft_mean_s(self, batch: float, load: Load) -> float:
-        """Prefill of the mean prompt and one step, plus the serving path's mean share (which
-        includes the measured queueing) or, without serving points, the closed loop's mean wait."""
+        """Prefill of the mean prompt and one step, plus the serving path's mean share (the queue
+        model's mean is not kept apart: without serving points it is left out)."""
         first_token = self.prefill_s(load.prompt_mean) + self.step_s(batch, load.context_mean)
-        if self.serving_measured:
-            return first_token + max(self.path_s("ttft_mean", batch), 0.0)
-        return first_token + self.closed_loop_wait_s(batch, load)[0]
+        return first_token + max(self.path_s("ttft_mean", batch), 0.0)
