@@ -310,6 +310,7 @@ def _deployment(demand: Demand, s: Sizing, spec: ClusterSpec) -> DeploymentPlan:
         memory=s.memory,
         predicted=Predicted(
             ttft_p95_ms=round(worst_ttft * 1e3, 2),
+            ttft_mean_ms=round(s.perf.ttft_mean_s(batch, s.load) * 1e3, 2),
             tpot_ms=round(s.perf.tpot_s(batch, s.load) * 1e3, 2),
             tokens_per_s=round(s.perf.tokens_per_s(batch, s.load), 1),
             max_concurrency=s.max_batch,

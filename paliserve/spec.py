@@ -484,6 +484,7 @@ class Predicted(StrictModel):
     """What the performance model expects one replica to deliver at its planned load."""
 
     ttft_p95_ms: float = Field(default=0.0, ge=0)
+    ttft_mean_ms: float = Field(default=0.0, ge=0, description="Mean TTFT at the planned batch (the most demanding prompt's p95 is ttft_p95_ms).")
     tpot_ms: float = Field(default=0.0, ge=0)
     tokens_per_s: float = Field(default=0.0, ge=0, description="Generated tokens/s per replica.")
     max_concurrency: int = Field(
