@@ -24,8 +24,8 @@ staggered by a quarter of c=1's mean request time (4 requests of one length star
 stay in lockstep instead: each waits for the others' prefills, and no prefill shares a step with a
 decode), and the mean of the requests sent while all 4 were in flight (steady_state: each client's
 first request and the ramp-down left out; the output says how many). The measured mean TTFT is
-held against the plan's mean (`predicted.ttft_mean_ms`: a prefill, a step and, in the closed loop,
-the mean wait for another request's prefill; autoscale/performance.py), not its p95.
+held against the plan's mean (`predicted.ttft_mean_ms`: a prefill, a step and the queue's mean
+wait; autoscale/performance.py), not its p95.
 
     .venv/bin/python benchmarks/real_size.py [--model paligemma-3b-pt-224] [--skip-profile]
 
@@ -342,24 +342,19 @@ def table_rows(arch, dtype: str, text_tokens: int, checkpoint_metadata: dict, me
         samples = served["levels"][c]
         ttft = statistics.mean(s.ttft_s for s in samples) * 1e3
         tpot = statistics.mean(s.tpot_s for s in samples) * 1e3
-        # the measured mean against the planner's mean (its p95 is for the most demanding prompt)
-        rows.append(Row(f"TTFT c={c}", plans[c]["predicted"]["ttft_mean_ms"], None, ttft, TARGETS["speed"], "ms"))
-        rows.append(Row(f"TPOT c={c}", plans[c]["predicted"]["tpot_ms"], None, tpot, TARGETS["speed"], "ms"))
         # a request's whole time, TTFT + (n - 1) x TPOT (what the planner's throughput is): a prefill
         # that another request waits for is in its TTFT, one that stalls its decode in its TPOT
         n = statistics.mean(s.completion_tokens for s in samples)
         e2e = statistics.mean(s.e2e_s for s in samples) * 1e3
-
-        def e2e_of(plan: dict) -> float:
-            return plan["predicted"]["ttft_mean_ms"] + (n - 1) * plan["predicted"]["tpot_ms"]
-
-        rows.append(Row(f"E2E c={c}", e2e_of(plans[c]), None, e2e, TARGETS["speed"], "ms"))
-        if calibrated:
-            rows.append(Row(f"TTFT c={c}, calibrated", calibrated[c]["predicted"]["ttft_mean_ms"], None, ttft,
-                            TARGETS["speed calibrated"], "ms"))  # fmt: skip
-            rows.append(Row(f"TPOT c={c}, calibrated", calibrated[c]["predicted"]["tpot_ms"], None, tpot,
-                            TARGETS["speed calibrated"], "ms"))  # fmt: skip
-            rows.append(Row(f"E2E c={c}, calibrated", e2e_of(calibrated[c]), None, e2e, TARGETS["speed calibrated"], "ms"))
+        for suffix, plan, target in (("", plans[c], TARGETS["speed"]),
+                                     (", calibrated", calibrated.get(c), TARGETS["speed calibrated"])):  # fmt: skip
+            if plan is None:
+                continue
+            # the measured mean against the planner's mean (its p95 is for the most demanding prompt)
+            ttft_planned, tpot_planned = plan["predicted"]["ttft_mean_ms"], plan["predicted"]["tpot_ms"]
+            rows.append(Row(f"TTFT c={c}{suffix}", ttft_planned, None, ttft, target, "ms"))
+            rows.append(Row(f"TPOT c={c}{suffix}", tpot_planned, None, tpot, target, "ms"))
+            rows.append(Row(f"E2E c={c}{suffix}", ttft_planned + (n - 1) * tpot_planned, None, e2e, target, "ms"))
     return rows
 
 
