@@ -82,8 +82,8 @@ def credit_cap(limits: TenantLimits, gateways: int, tokens_per_request: float | 
         if limit is not None:
             caps.append(math.floor(limit * share))
     if limits.tokens_per_min is not None:
-        per_request = max(1.0, tokens_per_request) if tokens_per_request is not None else math.inf
-        caps.append(math.floor(limits.tokens_per_min * share / per_request) if per_request < math.inf else 0)
+        caps.append(0 if tokens_per_request is None
+                    else math.floor(limits.tokens_per_min * share / max(1.0, tokens_per_request)))  # fmt: skip
     return max(0, min(caps)) if caps else None
 
 
