@@ -213,9 +213,11 @@ def connect(info: ClusterInfo) -> None:
     ray.init(address=info.address, logging_level="WARNING", log_to_driver=False)
 
 
-def stop_process_tree(pid: int, grace_s: float = 20, rest_s: float = 5) -> None:
+def stop_process_tree(pid: int, grace_s: float = 20, rest_s: float = 5, is_ours=None) -> None:
     """SIGTERM `pid` and wait up to `grace_s` for it and its descendants to end; then SIGTERM the
-    descendants left, wait up to `rest_s`, and SIGKILL what is left.
+    descendants left, wait up to `rest_s`, and SIGKILL what is left. With `is_ours`, nothing is
+    signalled unless `is_ours(psutil.Process)` says `pid` still runs what we started (as
+    `serve.processes.stop_service`): a recorded PID may be another process's by now.
 
     The root first, alone: `ray start --block` stops its node's processes in order and a local
     cluster is gone in about 2 s, while a SIGTERM to every Ray process at once left the GCS, the
@@ -224,6 +226,8 @@ def stop_process_tree(pid: int, grace_s: float = 20, rest_s: float = 5) -> None:
 
     try:
         root = psutil.Process(pid)
+        if is_ours is not None and not is_ours(root):
+            return
         procs = [root, *root.children(recursive=True)]
         root.terminate()
     except psutil.NoSuchProcess:

@@ -174,24 +174,25 @@ class WorkerNode:
         raise JoinRefused(f"the node did not start within {timeout_s:g} s; see {self.info.log_file}")
 
     def stop(self) -> None:
-        """Stop this node's process tree, if its root is still the `ray start` this node ran: after
-        the node was lost (killed, the machine rebooted), its PID may be another process's now."""
+        """Stop this node's process tree, if its root is still the `ray start` this node ran (its
+        --temp-dir in the command line): after the node was lost (killed, the machine rebooted),
+        its PID may be another process's now."""
         if self.info is None:
             return
-        if self.running():
-            stop_process_tree(self.info.pid)
+        temp_dir = f"--temp-dir={self.info.temp_dir}"
+
+        def runs_this_node(proc) -> bool:
+            import psutil
+
+            try:
+                cmdline = proc.cmdline()
+            except psutil.Error:
+                return False
+            return "start" in cmdline and temp_dir in cmdline
+
+        stop_process_tree(self.info.pid, is_ours=runs_this_node)
         shutil.rmtree(self.info.temp_dir, ignore_errors=True)
         self.info = None
-
-    def running(self) -> bool:
-        """Whether the recorded PID still runs this node's `ray start` (its --temp-dir in the command line)."""
-        import psutil
-
-        try:
-            cmdline = psutil.Process(self.info.pid).cmdline()
-        except psutil.Error:
-            return False
-        return "start" in cmdline and f"--temp-dir={self.info.temp_dir}" in cmdline
 
 
 def _last_error(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Stopping the services paliserve starts (Prometheus, the quota store) by PID."""
+"""Stopping the services paliserve starts (Prometheus, the quota store, a node's process tree) by PID."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from serve.cluster import stop_process_tree
 from serve.processes import stop_service
 
 
@@ -36,6 +37,18 @@ def test_a_process_that_is_no_longer_ours_is_left_alone():
     try:
         stop_service(stranger.pid, lambda proc: False)
         assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_process_tree_whose_root_is_no_longer_ours_is_left_alone():
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        stop_process_tree(stranger.pid, grace_s=2, is_ours=lambda proc: False)
+        assert stranger.poll() is None
+        stop_process_tree(stranger.pid, grace_s=2, is_ours=lambda proc: "sleep" in proc.cmdline())
+        assert stranger.wait(timeout=5) is not None
     finally:
         stranger.kill()
         stranger.wait()
