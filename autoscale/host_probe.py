@@ -1,8 +1,13 @@
 """Host speed probe: the memory bandwidth and matmul throughput this machine gives an engine.
 
 Measured with torch in a few seconds, on as many threads as vLLM's CPU engine will use here:
-- bandwidth: a streaming read (sum) of a float32 tensor much larger than the caches, what a decode
-  step does with the weights;
+- bandwidth (CPU): what a decode step streams its weights at: decode-shaped products x[b, 2048] @
+  W[2048, 16384] at batch 1 and 4 (vLLM's linear layers at batch 1-4) over 512 MiB of weights, far
+  more than the caches hold, in the dtype the engine computes in (bfloat16 where the CPU has it,
+  else float32), through torch's oneDNN linear with prepacked weights (the kernel vLLM's CPU engine
+  prepacks its linear layers for); the slower of the two batches. The float32 streaming read (sum)
+  that version 1 used is kept beside it (`read_bytes_s`): a decode step's products read slower than
+  a sum (here about half). On CUDA the bandwidth is that streaming read;
 - matmul: prefill-shaped products (512 tokens x 2048 -> 8192, as a PaliGemma decoder's linear
   layers), in bfloat16 where the device computes in it and in float32.
 Each figure is the best of several timed runs after a warm-up (another process's burst only slows
@@ -32,11 +37,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: bandwidth from decode-shaped products (1: a float32 sum)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (AVX512-BF16, AMX) and aarch64 ("bf16")
 # (tokens, in, out) of the matmul, and bytes read per bandwidth pass, per device kind.
 MATMUL_SHAPE = {"cpu": (512, 2048, 8192), "cuda": (8192, 8192, 8192)}
 READ_BYTES = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
+# decode-shaped products on a CPU: (in, out) of each weight matrix, the batches, the weights' bytes
+DECODE_SHAPE, DECODE_BATCHES, DECODE_BYTES = (2048, 16384), (1, 4), 512 * 2**20
+DECODE_BUDGET_S = 0.5  # per batch (one pass over the weights takes ~40 ms here)
 RUNS = (3, 40)  # timed runs of each figure: at least, at most (reads take ~25 ms, products ~0.1 s)
 RUN_BUDGET_S = 1.0  # stop adding runs past this much time per figure
 CONTENDED_BELOW = 0.9  # a probe whose threads got less of the cores than this is not cached
@@ -47,7 +55,7 @@ class HostSpeed:
     device: str  # "cpu" or "cuda"
     name: str  # CPU model or GPU name
     threads: int  # threads the probe ran on (vLLM's CPU engine's count; torch's for CUDA)
-    bandwidth_bytes_s: float  # streaming read
+    bandwidth_bytes_s: float  # CPU: decode-shaped products' weight bytes/s (slowest batch); CUDA: streaming read
     flops: dict[str, float]  # dtype -> FLOP/s of the prefill-shaped matmul
     seconds: float  # the probe's own wall time
     measured_at: str
@@ -56,6 +64,9 @@ class HostSpeed:
     key: str = ""
     probe_version: int = PROBE_VERSION
     shapes: dict[str, list[int]] = field(default_factory=dict)
+    read_bytes_s: float = 0.0  # float32 streaming read (sum), for comparison (0: not measured)
+    decode_bytes_s: dict[str, float] = field(default_factory=dict)  # batch -> weight bytes/s of the products
+    decode_kernel: str = ""  # what ran them: "onednn prepacked <dtype>" or "torch linear <dtype>"
 
     @property
     def supports_bf16(self) -> bool:
@@ -69,8 +80,14 @@ class HostSpeed:
     def describe(self) -> str:
         rates = ", ".join(f"{f / 1e12:.3g} TFLOP/s {dtype}" for dtype, f in self.flops.items())
         busy = f" (under load: its threads got {self.cpu_share:.0%} of the cores)" if self.contended else ""
+        if self.decode_bytes_s:
+            batches = ", ".join(f"{b}: {v / 1e9:.3g}" for b, v in self.decode_bytes_s.items())
+            read = (f"{self.bandwidth_bytes_s / 1e9:.3g} GB/s decode-shaped ({self.decode_kernel}; GB/s by batch "
+                    f"{batches}; float32 sum {self.read_bytes_s / 1e9:.3g} GB/s)")  # fmt: skip
+        else:
+            read = f"{self.bandwidth_bytes_s / 1e9:.3g} GB/s read"
         return (f"{self.name}, {self.threads} thread{'s' if self.threads != 1 else ''}: "
-                f"{self.bandwidth_bytes_s / 1e9:.3g} GB/s read, {rates}; measured {self.measured_at}{busy}")  # fmt: skip
+                f"{read}, {rates}; measured {self.measured_at}{busy}")  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping) -> HostSpeed:
@@ -85,10 +102,13 @@ class HostSpeed:
                 key=str(data.get("key", "")),
                 probe_version=int(data.get("probe_version", 0)),
                 shapes={str(k): [int(x) for x in v] for k, v in dict(data.get("shapes", {})).items()},
+                read_bytes_s=float(data.get("read_bytes_s", 0.0)),
+                decode_bytes_s={str(k): float(v) for k, v in dict(data.get("decode_bytes_s", {})).items()},
+                decode_kernel=str(data.get("decode_kernel", "")),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"not a host probe result: {error!r}") from None
-        figures = [speed.bandwidth_bytes_s, *speed.flops.values()]
+        figures = [speed.bandwidth_bytes_s, *speed.flops.values(), *speed.decode_bytes_s.values()]
         if not speed.flops or speed.threads < 1 or not all(f > 0 and f != float("inf") for f in figures):
             raise ValueError(f"not a host probe result: figures must be positive ({figures}, {speed.threads} threads)")
         return speed
@@ -183,20 +203,59 @@ def machine_key(device: str, name: str, flags: list[str], threads: int, torch_ve
 # --- measuring ---------------------------------------------------------------------------------
 
 
-def _best_seconds(run: Callable[[], object], sync: Callable[[], None], threads: int) -> tuple[float, float]:
+def _best_seconds(run: Callable[[], object], sync: Callable[[], None], threads: int,
+                  budget_s: float = RUN_BUDGET_S) -> tuple[float, float]:  # fmt: skip
     """The fastest of several timed runs after a warm-up (at least RUNS[0], more while within
-    RUN_BUDGET_S, at most RUNS[1]), and the share of its threads' time the process got over all
+    `budget_s`, at most RUNS[1]), and the share of its threads' time the process got over all
     runs (below 1 when other processes took the cores; 1 when `threads` is 0: not measured)."""
     run()
     sync()
     best, spent, cpu, runs = float("inf"), 0.0, 0.0, 0
-    while runs < RUNS[0] or (runs < RUNS[1] and spent < RUN_BUDGET_S):
+    while runs < RUNS[0] or (runs < RUNS[1] and spent < budget_s):
         start, start_cpu = time.perf_counter(), time.process_time()
         run()
         sync()
         elapsed = time.perf_counter() - start
         best, spent, cpu, runs = min(best, elapsed), spent + elapsed, cpu + time.process_time() - start_cpu, runs + 1
     return best, min(1.0, cpu / (spent * threads)) if threads else 1.0
+
+
+def _decode_products(torch, dtype, threads: int, generator) -> tuple[dict[str, float], str, float]:
+    """Weight bytes/s of decode-shaped products x[b, in] @ W[in, out] for each b in DECODE_BATCHES,
+    the x of each batch multiplied by every one of DECODE_BYTES of weight matrices in turn (so each
+    pass streams them all from memory, as a decode step streams a model's): through torch's oneDNN
+    linear on weights prepacked for it (torch.ops.mkldnn; vLLM's CPU engine prepacks its linear
+    layers for oneDNN the same way) where this torch has it and it agrees with torch's linear, else
+    torch's linear. Returns the figures by batch, the kernel's name and the least share of the
+    cores the runs got."""
+    import torch.nn.functional as F
+
+    inner, outer = DECODE_SHAPE
+    dtype_name = str(dtype).removeprefix("torch.")
+    weights = [torch.rand(outer, inner, generator=generator).to(dtype)
+               for _ in range(max(1, DECODE_BYTES // (inner * outer * dtype.itemsize)))]  # fmt: skip
+    streamed = sum(w.numel() * w.element_size() for w in weights)
+    product, kernel = F.linear, f"torch linear {dtype_name}"
+    try:
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w) for w in weights]
+        onednn = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")  # noqa: E731
+        probe = torch.rand(1, inner, generator=generator).to(dtype)
+        if torch.allclose(onednn(probe, packed[0]).float(), F.linear(probe, weights[0]).float(), rtol=0.02, atol=0.05):
+            weights, product, kernel = packed, onednn, f"onednn prepacked {dtype_name}"
+        del packed
+    except (AttributeError, RuntimeError):
+        pass
+    figures, shares = {}, []
+    for batch in DECODE_BATCHES:
+        x = torch.rand(batch, inner, generator=generator).to(dtype)
+
+        def step() -> None:
+            for w in weights:
+                product(x, w)
+
+        seconds, share = _best_seconds(step, lambda: None, threads, DECODE_BUDGET_S)
+        figures[str(batch)], shares = streamed / seconds, shares + [share]
+    return figures, kernel, min(shares)
 
 
 def measure(device: str = "cpu", threads: int | None = None) -> HostSpeed:
@@ -225,8 +284,12 @@ def measure(device: str = "cpu", threads: int | None = None) -> HostSpeed:
         generator = torch.Generator(device=device).manual_seed(0)
         data = torch.rand(READ_BYTES[device] // 4, generator=generator, device=device)
         read, shares["read"] = _best_seconds(data.sum, sync, threads if device == "cpu" else 0)
-        bandwidth = data.numel() * data.element_size() / read
+        read_bytes_s = bandwidth = data.numel() * data.element_size() / read
         del data
+        decode, kernel = {}, ""
+        if device == "cpu":  # what a decode step streams the weights at, in the engine's dtype
+            decode, kernel, shares["decode"] = _decode_products(torch, dtypes[0], threads, generator)
+            bandwidth = min(decode.values())
         tokens, inner, outer = MATMUL_SHAPE[device]
         flops = {}
         for dtype in dtypes:
@@ -248,7 +311,10 @@ def measure(device: str = "cpu", threads: int | None = None) -> HostSpeed:
         seconds=round(time.perf_counter() - started, 3),
         measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         torch_version=torch.__version__, cpu_share=round(min(shares.values()), 3), key=machine_key(device, name, flags, threads, torch.__version__),
-        shapes={"matmul_tokens_in_out": [tokens, inner, outer], "read_bytes": [READ_BYTES[device]]},
+        shapes={"matmul_tokens_in_out": [tokens, inner, outer], "read_bytes": [READ_BYTES[device]]}
+        | ({"decode_in_out": list(DECODE_SHAPE), "decode_batches": list(DECODE_BATCHES),
+            "decode_bytes": [DECODE_BYTES]} if decode else {}),
+        read_bytes_s=read_bytes_s, decode_bytes_s=decode, decode_kernel=kernel,
     )  # fmt: skip
 
 

@@ -20,6 +20,20 @@ model and accelerator is given. Times are seconds.
 - Throughput at batch b: b requests in flight, each taking E2E = mean TTFT + (output - 1) x TPOT,
   so b / E2E requests/s and b x output / E2E tokens/s (Little's law).
 
+A closed loop (`ReplicaPerformance.closed_loop`, reported, not used for sizing). b clients that
+each send their next request when the previous reply ends split the other requests' prefills
+differently: an arriving request often finds some ahead of it, so they move from its TPOT into its
+TTFT. By the arrival theorem of closed queueing networks (mean value analysis), an arriving request
+finds each of the b - 1 others at the prefill (waiting for it or in it) with the share of its cycle
+E it spends there, (W + prefill) / E, and waits a prefill for each: W = (b - 1) x prefill x
+(W + prefill) / E, where E = W + prefill + (n - 1) x TPOT + step and TPOT keeps the rest of the
+others' prefills, step(b) + ((b - 1) x prefill - W) / n. With n output tokens this is a quadratic in
+W with one positive root. It is not monotone in the device: a faster decode brings the requests
+back sooner, the prefills take a larger share of the engine's time and the TTFT grows while E2E
+falls. Sizing therefore keeps the independent-arrivals model above (monotone in every speed, see
+tests/autoscale/test_properties.py); the closed loop is what benchmarks/real_size.py holds its
+closed-loop measurements against.
+
 The serving path. The engine's figures leave out what a client also waits for: HTTP, the gateway,
 image decoding and preprocessing, streaming, and the CPU those share with the engine. When the
 profile has serving points (measured through the endpoint at several concurrencies), the path's
@@ -47,7 +61,7 @@ from .memory import (
 from .profile import Profile, through
 
 ALLREDUCE_LATENCY_S = 20e-6
-PROBE_MEMORY, PROBE_COMPUTE, PROBE_STEP_S = 1.2, 0.85, 0.002  # see Efficiency.host_probe
+PROBE_MEMORY, PROBE_COMPUTE, PROBE_STEP_S = 1.0, 0.85, 0.002  # see Efficiency.host_probe
 
 
 @dataclass(frozen=True)
@@ -70,12 +84,15 @@ class Efficiency:
     @classmethod
     def host_probe(cls) -> Efficiency:
         """vLLM's CPU engine against the host probe's figures (autoscale/host_probe.py) on the
-        same machine: a decode step reads the weights at PROBE_MEMORY x the probe's streaming read
-        (vLLM's oneDNN matrix-vector products stream faster than a sum: 3B-224 bf16 decoded at
-        ~36 GB/s on one core here against ~29.5 GB/s read by the probe), and the prefill (SigLIP
-        and decoder) runs at PROBE_COMPUTE x the probe's prefill-shaped matmul (the same oneDNN
-        products, measured equal per product; attention, norms and activations besides), plus a
-        fixed cost per step. README, "CPU figures from the host probe", has the measurements."""
+        same machine: a decode step reads the weights at the probe's bandwidth, which (probe
+        version 2) is what decode-shaped products x[1..4, d] @ W stream weights at through the
+        oneDNN kernel on prepacked weights that vLLM's linear layers use, in the engine's dtype
+        (PROBE_MEMORY 1: no factor; version 1's float32 sum read about 1.8x faster than these
+        products and needed one), and the prefill (SigLIP and decoder) runs at PROBE_COMPUTE x the
+        probe's prefill-shaped matmul (the same oneDNN products, measured equal per product;
+        attention, norms and activations besides), plus a fixed cost per step (the engine's
+        scheduling, sampling and the model's small operations; not measured apart). README, "CPU
+        figures from the host probe", has the measurements."""
         return cls(memory=PROBE_MEMORY, compute=PROBE_COMPUTE, step_overhead_s=PROBE_STEP_S, basis="host probe")
 
     def describe(self, accelerator: Accelerator | None = None) -> str:
@@ -109,6 +126,18 @@ class Load:
     def context_mean(self) -> float:
         """Average sequence length over a request's decode steps."""
         return self.image_tokens + PROMPT_FRAMING_TOKENS + self.prompt_mean + self.output_mean / 2
+
+
+@dataclass(frozen=True)
+class ClosedLoop:
+    """Means of a closed loop of `batch` clients at one replica (ReplicaPerformance.closed_loop)."""
+
+    batch: int
+    wait_s: float  # before the request's prefill starts: the other requests' prefills ahead of it
+    ttft_s: float  # wait + prefill of the mean prompt + one step (+ the serving path's mean share)
+    tpot_s: float
+    e2e_s: float  # ttft + (output - 1) x tpot
+    share_in_ttft: float  # of the other requests' prefills, the share in a request's TTFT (the rest: TPOT)
 
 
 @dataclass(frozen=True)
@@ -262,6 +291,26 @@ class ReplicaPerformance:
         if self.serving_measured:
             return step + max(self.path_s("ttft_p95", batch), 0.0)
         return self.queue_wait_p95_s(batch, load) + step
+
+    def closed_loop(self, batch: int, load: Load) -> ClosedLoop:
+        """Mean TTFT, TPOT and E2E of `batch` clients in a closed loop (module docstring): the
+        positive root of W^2 / n + (prefill + n x step - A / n) x W - A x prefill = 0, A = (b - 1)
+        x prefill, the other requests' prefill time within one request's. One client: the plan's
+        figures. With serving points the measured path already holds the loop's queueing (it was
+        measured in closed loops): the plan's figures too."""
+        tpot, ttft = self.tpot_s(batch, load), self.ttft_mean_s(batch, load)
+        others = max(batch - 1, 0) * self.prefill_s(load.prompt_mean)
+        if others == 0 or self.serving_measured:
+            return ClosedLoop(batch, 0.0, ttft, tpot, ttft + max(load.output_mean - 1, 0) * tpot, 0.0)
+        n = max(load.output_mean, 1.0)
+        prefill = self.prefill_s(load.prompt_mean)
+        step = self.step_s(batch, load.context_mean)
+        linear = prefill + n * step - others / n  # the root in the form that loses no digits
+        root = math.sqrt(linear * linear + 4 * others * prefill / n)
+        wait = 2 * others * prefill / (root + linear) if linear > 0 else n / 2 * (root - linear)
+        wait = min(max(wait, 0.0), others)
+        ttft, tpot = ttft + wait, max(tpot - wait / n, 1e-6)
+        return ClosedLoop(batch, wait, ttft, tpot, ttft + max(load.output_mean - 1, 0) * tpot, wait / others)
 
     def ttft_mean_s(self, batch: float, load: Load) -> float:
         """Prefill of the mean prompt and one step, plus the serving path's mean share (the queue

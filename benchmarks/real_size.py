@@ -14,7 +14,10 @@ request so that no prefix is cached). Each figure's error against its target (RA
 
 The memory figures are autoscale/memory.py's for the served settings (what `paliserve up` checks
 before it starts); the speed figures are the plan's `predicted` at the planned batch (with the
-host probe, when the planner has one, and no SLO binding).
+host probe, when the planner has one, and no SLO binding). At concurrency 4 the speed rows with a
+target are the planner model's closed loop (`ReplicaPerformance.closed_loop` of the same sizing,
+computed here in-process and checked against the plan's figures): the plan's own figures assume
+independent arrivals, which the loop below is not; they are printed beside it without a target.
 
 Concurrency 4 is measured as the planner models it (autoscale/performance.py): a steady state in
 which 4 requests are in flight and each request's decode shares its steps with the others'
@@ -302,6 +305,35 @@ def planned(model_id: str, concurrency: int, prompt_tokens: int, output_tokens: 
     return json.loads(done.stdout)["deployments"][0]
 
 
+def planned_closed_loop(model_id: str, concurrency: int, prompt_tokens: int, output_tokens: int,
+                        profile: Path | None, plan: dict) -> dict:  # fmt: skip
+    """The planner model's closed loop at the plan's batch (autoscale/performance.py,
+    ReplicaPerformance.closed_loop), from the sizing `paliserve plan` makes for the same arguments,
+    redone here in-process with the same host figures (this machine's probe cache, which the plan
+    command filled) and profile. Its figures at the batch must be the plan's, else the sizing is
+    not the same and this raises."""
+    from autoscale.catalog import HostFigures, accelerator_of
+    from autoscale.cli import _one_tenant_spec
+    from autoscale.demand import demands
+    from autoscale.host_probe import cached_speed
+    from autoscale.profile import load_profile
+    from autoscale.sizing import size_deployment
+
+    spec = _one_tenant_spec(model_id, "cpu", 1, concurrency, None, prompt_tokens, output_tokens, NO_SLO_MS, NO_SLO_MS)
+    speed, where = cached_speed()
+    host = HostFigures(speed.bandwidth_bytes_s, tuple(speed.flops.items()), where)
+    measured = (load_profile(profile), f"profile {profile}") if profile is not None else None
+    sizing = size_deployment(demands(spec)[0], accelerator_of(spec.gpus[0], host=host), spec.planner, measured)
+    batch, perf, load = sizing.planned_batch, sizing.perf, sizing.load
+    mine = {"ttft_mean_ms": perf.ttft_mean_s(batch, load) * 1e3, "tpot_ms": perf.tpot_s(batch, load) * 1e3}
+    if any(abs(mine[k] / plan["predicted"][k] - 1) > 0.005 for k in mine):
+        raise SystemExit(f"the in-process sizing ({mine}) is not the plan's ({plan['predicted']}): "
+                         f"{where}; rerun on a quiet machine (a probe under load is not cached)")  # fmt: skip
+    loop = perf.closed_loop(batch, load)
+    return {"batch": batch, "ttft_mean_ms": loop.ttft_s * 1e3, "tpot_ms": loop.tpot_s * 1e3,
+            "wait_ms": loop.wait_s * 1e3, "share_in_ttft": loop.share_in_ttft}  # fmt: skip
+
+
 def memory_model(arch, dtype: str):
     """autoscale/memory.py's figures for what `paliserve up --model` serves on a CPU."""
     from autoscale.memory import cpu_serving_memory
@@ -352,6 +384,12 @@ def table_rows(arch, dtype: str, text_tokens: int, checkpoint_metadata: dict, me
                 continue
             # the measured mean against the planner's mean (its p95 is for the most demanding prompt)
             ttft_planned, tpot_planned = plan["predicted"]["ttft_mean_ms"], plan["predicted"]["tpot_ms"]
+            if "closed_loop" in plan:  # c > 1: the plan's independent arrivals beside, the closed loop held
+                for what, planned_ms, measured_ms in (("TTFT", ttft_planned, ttft), ("TPOT", tpot_planned, tpot),
+                                                      ("E2E", ttft_planned + (n - 1) * tpot_planned, e2e)):  # fmt: skip
+                    rows.append(Row(f"{what} c={c}{suffix}, plan (independent arrivals)", planned_ms, None,
+                                    measured_ms, None, "ms"))  # fmt: skip
+                ttft_planned, tpot_planned = plan["closed_loop"]["ttft_mean_ms"], plan["closed_loop"]["tpot_ms"]
             rows.append(Row(f"TTFT c={c}{suffix}", ttft_planned, None, ttft, target, "ms"))
             rows.append(Row(f"TPOT c={c}{suffix}", tpot_planned, None, tpot, target, "ms"))
             rows.append(Row(f"E2E c={c}{suffix}", ttft_planned + (n - 1) * tpot_planned, None, e2e, target, "ms"))
@@ -509,6 +547,13 @@ def main() -> None:
         run_profile(checkpoint, args.model, args.dtype, profile, say)
     plans = {c: planned(args.model, c, text_tokens, args.output_tokens, None) for c in (1, 4)}
     calibrated = {c: planned(args.model, c, text_tokens, args.output_tokens, profile) for c in (1, 4)} if profile else {}
+    for c in (4,):  # the closed loop's figures beside the plan's (module docstring)
+        for plan, used in ((plans[c], None), (calibrated.get(c), profile)):
+            if plan is not None:
+                plan["closed_loop"] = planned_closed_loop(args.model, c, text_tokens, args.output_tokens, used, plan)
+                say(f"c={c}{'' if used is None else ', calibrated'}: closed loop at batch {plan['closed_loop']['batch']}: "
+                    f"{plan['closed_loop']['wait_ms']:.0f} ms wait ({plan['closed_loop']['share_in_ttft']:.0%} of the "
+                    f"other requests' prefills in TTFT)")  # fmt: skip
 
     wait_for_ram(need, say)
     served = serve_and_measure(checkpoint, args.dtype, arch.vision.image_size, work / "state", args, say)

@@ -84,10 +84,11 @@ def test_each_process_of_the_stack_has_a_role(cmdline, role):
 def test_peak_rss_is_vmhwm():
     assert peak_rss("Name:\tpython\nVmPeak:\t 9000 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n") == 2048 * 1024
     assert peak_rss("Name:\tkthreadd\n") is None
-    own = peak_rss(Path(f"/proc/{os.getpid()}/status").read_text())
     import psutil
 
-    assert own >= psutil.Process().memory_info().rss
+    rss = psutil.Process().memory_info().rss  # before the peak is read: the peak is at least this
+    own = peak_rss(Path(f"/proc/{os.getpid()}/status").read_text())
+    assert own >= rss
 
 
 def test_errors_are_against_the_measured_figure_and_the_target():
@@ -135,6 +136,30 @@ def test_the_table_puts_planner_vllm_and_measured_side_by_side():
     assert rows["E2E c=1 (ms)"].planner == pytest.approx(3300 * 1.2 + 31 * 280)
     assert rows["E2E c=1 (ms)"].measured == pytest.approx((sample.ended - sample.started) * 1e3)
     assert not any("calibrated" in name for name in rows)
+
+
+def test_at_concurrency_4_the_closed_loop_is_held_and_the_plan_shown_beside_it():
+    from autoscale.memory import GIB, cpu_serving_memory
+    from benchmarks.real_size import Sample, table_rows
+    from paliserve.random_checkpoint import catalog_architecture
+
+    arch = catalog_architecture("paligemma-3b-pt-224")
+    sample = Sample(ttft_s=14.0, tpot_s=0.7, prompt_tokens=268, completion_tokens=32, started=0.0, ended=35.7)
+    served = {"vllm": parse_vllm_log(""), "warm_up": sample, "levels": {1: [sample], 4: [sample] * 4},
+              "ram_total": GIB, "ram": dict.fromkeys(("engine worker", "engine core", "front end", "Ray"), GIB)}  # fmt: skip
+    plans = {1: {"predicted": {"ttft_mean_ms": 7000.0, "tpot_ms": 320.0}},
+             4: {"predicted": {"ttft_mean_ms": 7000.0, "tpot_ms": 980.0},
+                 "closed_loop": {"ttft_mean_ms": 16_000.0, "tpot_ms": 700.0}}}  # fmt: skip
+    memory = cpu_serving_memory(arch, "bfloat16", GIB, 2048, 64)
+    rows = {r.label: r for r in table_rows(arch, "bfloat16", 10, {"total_parameters": 1, "total_size": 1}, memory,
+                                           served, plans, {})}  # fmt: skip
+    assert rows["TTFT c=4 (ms)"].planner == 16_000 and rows["TTFT c=4 (ms)"].target == 0.25
+    assert rows["TPOT c=4 (ms)"].planner == 700 and rows["TPOT c=4 (ms)"].verdict == "met"
+    assert rows["E2E c=4 (ms)"].planner == pytest.approx(16_000 + 31 * 700)
+    beside = rows["TTFT c=4, plan (independent arrivals) (ms)"]
+    assert beside.planner == 7000 and beside.target is None and beside.verdict == ""
+    assert rows["TPOT c=4, plan (independent arrivals) (ms)"].planner == 980
+    assert "TTFT c=1, plan (independent arrivals) (ms)" not in rows and rows["TTFT c=1 (ms)"].planner == 7000
 
 
 def test_the_sampler_follows_what_up_starts_and_not_itself(tmp_path):

@@ -53,6 +53,29 @@ def test_the_standalone_probe_prints_sane_positive_figures(standalone):
     assert speed.seconds < 60
 
 
+def test_the_bandwidth_is_what_decode_shaped_products_stream(standalone):
+    """Version 2: the bandwidth is the slower batch of x[b, 2048] @ W[2048, 16384] in the engine's
+    dtype over 512 MiB of weights; the float32 sum of version 1 is kept beside it."""
+    speed = HostSpeed.from_json(standalone)
+    assert speed.probe_version == 2 and set(speed.decode_bytes_s) == {"1", "4"}
+    assert speed.bandwidth_bytes_s == min(speed.decode_bytes_s.values()) and speed.read_bytes_s > 0
+    dtype = "bfloat16" if speed.supports_bf16 else "float32"
+    assert speed.decode_kernel in (f"onednn prepacked {dtype}", f"torch linear {dtype}")
+    assert speed.shapes["decode_in_out"] == [2048, 16384] and speed.shapes["decode_bytes"] == [512 * 2**20]
+    assert "decode-shaped" in speed.describe() and "float32 sum" in speed.describe()
+
+
+def test_a_version_1_cache_file_is_measured_again(standalone, tmp_path):
+    old = dataclasses.asdict(dataclasses.replace(HostSpeed.from_json(standalone), cpu_share=1.0, key=current_key("cpu", 1)))
+    for field in ("read_bytes_s", "decode_bytes_s", "decode_kernel"):
+        del old[field]
+    (tmp_path / f"{current_key('cpu', 1)}.json").write_text(json.dumps(old | {"probe_version": 1}))
+    assert HostSpeed.from_json(old | {"probe_version": 1}).decode_bytes_s == {}  # still parses
+    measure_now, calls = _counting(dataclasses.replace(HostSpeed.from_json(standalone), cpu_share=1.0))
+    speed, where = cached_speed(tmp_path, "cpu", 1, measure_now)
+    assert calls == [("cpu", 1)] and where.startswith("probe, cached in") and speed.probe_version == 2
+
+
 def _counting(speed: HostSpeed):
     calls = []
 
