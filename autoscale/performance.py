@@ -58,7 +58,7 @@ from .memory import (
     param_counts,
     weight_bytes,
 )
-from .profile import Profile, through
+from .profile import Profile, interpolate, through
 
 ALLREDUCE_LATENCY_S = 20e-6
 PROBE_MEMORY, PROBE_COMPUTE, PROBE_STEP_S = 1.0, 0.85, 0.002  # see Efficiency.host_probe
@@ -208,9 +208,21 @@ class ReplicaPerformance:
         return max(compute, memory) + self.efficiency.step_overhead_s + self.comm_s
 
     # --- decode --------------------------------------------------------------------------
+    @cached_property
+    def _decode_points(self) -> list[tuple[float, float]]:
+        """The profile's decode steps by batch, each taken at no more than any larger batch's: a
+        step does more work at a larger batch, so a smaller batch measured slower than a larger one
+        had something else in its steps (`paliserve profile` starts a batch's requests together,
+        and one whose prefill landed in another's decode adds that prefill to its gaps)."""
+        envelope, lowest = [], math.inf
+        for point in reversed(self.profile.decode):
+            lowest = min(lowest, point.step_seconds)
+            envelope.append((point.batch, lowest))
+        return envelope[::-1]
+
     def step_s(self, batch: float, context_tokens: float) -> float:
         if self.profile is not None:
-            return self.profile.decode_step_seconds(batch) / self.share
+            return interpolate(self._decode_points, batch) / self.share
         kv = kv_bytes_for_request(self.arch.text, context_tokens, self.dtype_bytes, self.block_size, self.tp)
         reads = self.decode_reads / self.tp + batch * kv
         memory = reads * self.tp / self.bandwidth  # each rank reads its share at its bandwidth
