@@ -74,8 +74,10 @@ def decide(signals: EngineSignals, current: int, target: int, params: PolicyPara
         and (signals.ttft_p95_s is None or not params.ttft_slo_s
              or signals.ttft_p95_s < params.ttft_low_fraction * params.ttft_slo_s)
     )  # fmt: skip
-    if cool and current >= target and needed_for_in_flight < current:
+    if cool and needed_for_in_flight < current:
         return Decision(_bounded(current - 1, params), "scale_down_idle", inputs)
+    if cool and target > current:  # the pressure that asked for them is gone before they started (or found room)
+        return Decision(_bounded(current, params), "scale_down_pending", inputs)
     return Decision(_bounded(target, params), "hold", inputs)
 
 

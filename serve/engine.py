@@ -76,14 +76,14 @@ class EngineReplica:
         os.environ.update(self.plan.env)
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
-        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+        from serve.batched_metrics import batched_stat_logger
 
         args = self.plan.engine_args
         self.max_model_len = args.max_model_len
         logger.info("starting vLLM engine for %s with %s", self.plan.name, args.vllm_kwargs())
         self.engine = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**args.vllm_kwargs(), disable_log_stats=False),
-            stat_loggers=[RayPrometheusStatLogger],
+            stat_loggers=[batched_stat_logger()],
         )
         self.tokenizer = self.engine.get_tokenizer()
         # Task prompts repeat ("caption en", "detect cat"): count each text's tokens once

@@ -80,6 +80,16 @@ def test_pending_replicas_are_kept_while_pressure_lasts(policy):
     assert decision.desired == 3
 
 
+def test_pending_replicas_are_dropped_once_the_engines_are_cool(policy):
+    # Serve targets 3, 2 run and the third cannot be placed; the load has ended
+    idle = recorded(policy.queries, waiting={}, running={"r0": 0, "r1": 0}, kv={"r0": 0, "r1": 0})
+    decision = policy.decide(context(current=2, target=3), idle)
+    assert (decision.desired, decision.reason) == (1, "scale_down_idle")
+    busy = recorded(policy.queries, waiting={}, running={"r0": 8, "r1": 8}, kv={"r0": 0.1, "r1": 0.1})
+    decision = policy.decide(context(current=2, target=3), busy)  # the two running ones are needed
+    assert (decision.desired, decision.reason) == (2, "scale_down_pending")
+
+
 def test_series_of_stopped_replicas_are_ignored(policy):
     # r9 was stopped; its last gauges (a long queue) must not keep the deployment scaled up
     results = recorded(policy.queries, waiting={"r0": 0, "r9": 40}, running={"r0": 0, "r9": 8}, kv={"r0": 0, "r9": 1.0})

@@ -38,7 +38,8 @@ def defined(monkeypatch) -> dict[str, str]:
     for module_name, build in METRIC_MODULES.items():
         module = importlib.import_module(module_name)
         for kind in SERIES:
-            monkeypatch.setattr(module, kind.capitalize(), recorder(kind), raising=False)
+            for class_name in (kind.capitalize(), f"Batched{kind.capitalize()}"):  # Ray's or serve.batched_metrics'
+                monkeypatch.setattr(module, class_name, recorder(kind), raising=False)
         build(module)
     return names
 
@@ -62,7 +63,7 @@ def documented() -> dict[str, str]:
 def test_every_module_defining_ray_metrics_is_inspected():
     modules = {str(path.relative_to(REPO).with_suffix("")).replace("/", ".")
                for package in PACKAGES for path in (REPO / package).rglob("*.py")
-               if "ray.util.metrics import" in path.read_text()}
+               if re.search(r"ray\.util\.metrics import|serve\.batched_metrics import Batched", path.read_text())}
     assert modules == set(METRIC_MODULES)
 
 
