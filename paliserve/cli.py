@@ -21,7 +21,7 @@ from k8s.cli import register as register_k8s_commands
 from loadtests.cli import register as register_loadtest_commands
 from paliserve import local
 from paliserve.spec import Plan
-from paliserve.tenants import prepare_local_tenants, register as register_tenant_commands
+from paliserve.tenants import prepare_local_tenants, publish_local_tenants, register as register_tenant_commands
 from paliserve.usage import register as register_usage_commands
 
 APP_NAME = "paliserve"
@@ -221,7 +221,7 @@ def up(
         env={**_startup_retry_env(), **({"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else {})},
     )
     try:
-        quota_store = _local_quota_store(serving_plan, cluster.temp_dir)
+        quota_store = _local_quota_store(serving_plan, cluster.temp_dir, node_ip_address)
     except typer.Exit:  # nothing started: leave no temp dir behind
         shutil.rmtree(cluster.temp_dir, ignore_errors=True)
         raise
@@ -236,6 +236,7 @@ def up(
                 quota_store.start()
         with console.status("starting Ray"):
             info = cluster.start()
+            _publish_for_nodes(info, quota_store, serving_plan)  # before any node can join
         console.print(f"other machines join with: paliserve join {info.address} --token-file <a copy of "
                       f"{info.auth_token_path}>", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
         if metrics_server is not None:
@@ -264,7 +265,7 @@ def up(
     if metrics_server is not None:
         console.print(f"Prometheus at [bold]{metrics_server.url}[/] (scraping Ray every {metrics_server.scrape_interval_s:g} s)")
     if quota_store is not None:
-        console.print(f"quota store (redis-server, pid {quota_store.info.pid}) at 127.0.0.1:{quota_store.port}")
+        console.print(f"quota store (redis-server, pid {quota_store.info.pid}) at {quota_store.info.host}:{quota_store.port}")
     if detach:
         import ray
 
@@ -319,8 +320,10 @@ def join(
     import ray
 
     from serve.cluster import read_state
-    from serve.nodes import (JoinRefused, WorkerNode, check_reachable, check_token_file, head_metadata, parse_head,
-                             read_node_state, this_python, version_mismatch, write_node_state)  # fmt: skip
+    from serve.cluster_kv import ClusterKV
+    from serve.nodes import (JoinRefused, WorkerNode, check_quota_store, check_reachable, check_token_file, head_metadata,
+                             head_services, parse_head, read_node_state, this_python, version_mismatch,
+                             write_node_state)  # fmt: skip
 
     for state in (read_node_state(_node_state_file()), read_state(_state_file())):
         if state is not None and psutil.pid_exists(state.pid):
@@ -333,10 +336,15 @@ def join(
         mismatch = version_mismatch(head_metadata(head, token), ray.__version__, this_python())
         if mismatch:
             raise JoinRefused(mismatch)
+        # the head's quota store and live tenants, for this node's replicas (its environment)
+        services = head_services(ClusterKV.at(head, token))
+        if services.quota_url:
+            check_quota_store(services.quota_url)
     except JoinRefused as exc:
         _error(f"paliserve cannot join: {exc}")
         raise typer.Exit(2) from None
     node = WorkerNode(head, token, node_ip_address or local_ip, http_port=port, num_gpus=num_gpus, num_cpus=num_cpus)
+    node.env.update(services.env(node.temp_dir))
     try:
         with console.status(f"joining {head}"):
             info = node.start()
@@ -346,6 +354,9 @@ def join(
     write_node_state(_node_state_file(), info)
     console.print(f"[green]joined[/] {head} as node {info.node_ip} (pid {info.pid}); its ingress serves at "
                   f"{info.url} once it holds a replica; leave with `paliserve down`", highlight=False)  # fmt: skip
+    shared = [what for what, has in (("quota store", services.quota_url), ("live tenants", services.tenants)) if has]
+    if shared:
+        console.print(f"its replicas share the head's {' and '.join(shared)}", highlight=False)
 
 
 def _error(message: str) -> None:
@@ -413,10 +424,23 @@ def _local_prometheus():
     return LocalPrometheus(binary, port=free_port())
 
 
-def _local_quota_store(plan: Plan, temp_dir: str):
+def _publish_for_nodes(info, quota_store, plan: Plan) -> None:
+    """What replicas on joined nodes need and do not inherit from the head's environment: the
+    quota store's address and password, and the live tenant set, in the cluster's GCS, which only
+    holders of the cluster's token can read (serve/cluster_kv.py says why there)."""
+    from serve.cluster_kv import ClusterKV
+
+    kv = ClusterKV.at(info.address, info.auth_token_path)
+    if quota_store is not None:
+        quota_store.info.publish(kv)
+    publish_local_tenants(kv, plan)
+
+
+def _local_quota_store(plan: Plan, temp_dir: str, node_ip: str = "127.0.0.1"):
     """The quota store when a tenant has limits or several ingress replicas share the tenants' fair
-    shares: redis-server on a free loopback port, its files in the cluster's temp dir. Without the
-    binary the limits could not be enforced: refuse to start."""
+    shares: redis-server on a free port of 127.0.0.1, and of the head's address (`node_ip`) when
+    it has one that other machines join, its files in the cluster's temp dir. Without the binary
+    the limits could not be enforced: refuse to start."""
     from serve.cluster import free_port
     from serve.redis_server import LocalRedis, find_redis_server
 
@@ -427,7 +451,7 @@ def _local_quota_store(plan: Plan, temp_dir: str):
         _error("paliserve cannot start: tenants have limits or fair shares across ingress replicas, which need the "
                "quota store, and redis-server is not installed (Debian package `redis-server`)")  # fmt: skip
         raise typer.Exit(2)
-    return LocalRedis(binary, port=free_port(), data_dir=str(Path(temp_dir) / "quota-store"))
+    return LocalRedis(binary, port=free_port(), data_dir=str(Path(temp_dir) / "quota-store"), host=node_ip)
 
 
 @app.command()
@@ -447,6 +471,8 @@ def down() -> None:
         console.print(f"left the cluster at {joined.head}")
         return
 
+    from serve.cluster import runs_ray_start
+
     info = read_state(_state_file())
     metrics_server = read_prometheus_state(_state_file())
     if metrics_server is not None:
@@ -454,8 +480,11 @@ def down() -> None:
     quota_store = read_quota_store_state(_state_file())
     if quota_store is not None:
         stop_redis(quota_store)
-    if info is None or not psutil.pid_exists(info.pid):
+    if info is None or not _is_ours(info.pid, runs_ray_start(info.temp_dir)):
+        # a recorded PID that runs something else now (the head stopped, the machine rebooted) is not signalled
         console.print("paliserve is not running")
+        if info is not None:
+            shutil.rmtree(info.temp_dir, ignore_errors=True)
         _state_file().unlink(missing_ok=True)
         return
     cluster = LocalCluster(http_port=info.http_port, temp_dir=info.temp_dir)
@@ -467,6 +496,13 @@ def down() -> None:
     cluster.stop()
     _state_file().unlink(missing_ok=True)
     console.print("paliserve stopped")
+
+
+def _is_ours(pid: int, is_ours) -> bool:
+    try:
+        return is_ours(psutil.Process(pid))
+    except psutil.Error:
+        return False
 
 
 def main() -> None:  # pragma: no cover - console script shim

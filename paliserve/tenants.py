@@ -6,6 +6,10 @@ to a status directory (`PALISERVE_TENANTS_STATUS_DIR`), one file per replica
 (serve/tenancy/registry.py). `apply` validates the new set against what the replicas serve,
 writes the directory atomically, and returns once every live ingress replica reports the new
 set's version. No engine restarts: nothing is redeployed.
+
+Replicas on nodes that joined from other machines (`paliserve join`) share no directory with the
+head: `up` and `apply` also publish the set in the cluster's GCS, which those replicas follow and
+report to (serve/tenancy/registry.py, KvWatcher), and `apply` waits on their reports as well.
 """
 
 from __future__ import annotations
@@ -58,6 +62,14 @@ def prepare_local_tenants(temp_dir: str | Path, plan: Plan) -> dict[str, str]:
 
     write_tenant_dir(local_tenants_dir(temp_dir), runtime_tenants(plan.tenants))
     return local_tenant_env(temp_dir)
+
+
+def publish_local_tenants(kv, plan: Plan) -> None:
+    """Publish the plan's tenants in the cluster's GCS for replicas on joined nodes (`up`, once
+    the head's GCS runs, before any node can join)."""
+    from serve.tenancy.registry import publish_tenants, runtime_tenants
+
+    publish_tenants(kv, runtime_tenants(plan.tenants))
 
 
 # ---- what a file asks for ---------------------------------------------------------------------
@@ -120,20 +132,28 @@ def _deployment_prefix(replica: str) -> str:
     return replica.rsplit("#", 1)[0] + "#"
 
 
-def ingress_statuses(status_dir: Path, live: set[str]) -> tuple[dict[str, dict], set[str]]:
+def all_statuses(status_dir: Path, kv=None) -> dict[str, dict]:
+    """Reports in the status directory (the head's replicas) and, with `kv`, in the cluster's GCS
+    (replicas on joined nodes)."""
+    from serve.tenancy.registry import read_published_statuses
+
+    return {**read_statuses(status_dir), **(read_published_statuses(kv) if kv is not None else {})}
+
+
+def ingress_statuses(status_dir: Path, live: set[str], kv=None) -> tuple[dict[str, dict], set[str]]:
     """(reports of live ingress replicas, live ingress replicas that have not reported yet)."""
-    statuses = read_statuses(status_dir)
+    statuses = all_statuses(status_dir, kv)
     prefixes = {_deployment_prefix(r) for r in statuses}
     ingress = {r for r in live if any(r.startswith(p) for p in prefixes)}
     return {r: s for r, s in statuses.items() if r in ingress}, ingress - statuses.keys()
 
 
-def wait_until_served(status_dir: Path, version: str, live_fn, timeout_s: float) -> tuple[int, list[str]]:
+def wait_until_served(status_dir: Path, version: str, live_fn, timeout_s: float, kv=None) -> tuple[int, list[str]]:
     """Poll until every live ingress replica reports `version`: (replicas, []) or, when one
     refused the set or time ran out, (replicas, problems)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        reported, silent = ingress_statuses(status_dir, live_fn())
+        reported, silent = ingress_statuses(status_dir, live_fn(), kv)
         lagging = sorted(r for r, s in reported.items() if s.get("version") != version) + sorted(silent)
         if reported and not lagging:
             return len(reported), []
@@ -168,8 +188,10 @@ def _disconnect() -> None:
 
 def apply_tenants(path: Path, state_file: Path, out, err, timeout_s: float = APPLY_TIMEOUT_S) -> int:
     """The `tenants apply` command; returns its exit status (0 applied, 1 failed, 2 refused)."""
-    from serve.tenancy.registry import (ServedCatalog, TenantSetInvalid, diff_tenants, read_tenant_dir,
-                                        tenant_set_version, validate_tenants, write_tenant_dir)
+    from serve.cluster_kv import ClusterKV
+    from serve.tenancy.registry import (ServedCatalog, TenantSetInvalid, diff_tenants, prune_published_statuses,
+                                        publish_tenants, read_tenant_dir, tenant_set_version, validate_tenants,
+                                        write_tenant_dir)  # fmt: skip
 
     try:
         new = tenants_from_file(path)
@@ -180,7 +202,10 @@ def apply_tenants(path: Path, state_file: Path, out, err, timeout_s: float = APP
     info = _connected_cluster(state_file, err)
     try:
         root, status_dir = local_tenants_dir(info.temp_dir), local_status_dir(info.temp_dir)
-        reported, _ = ingress_statuses(status_dir, live_replicas())
+        kv = ClusterKV.here()
+        live = live_replicas()
+        prune_published_statuses(kv, live)  # joined nodes' replicas that are gone
+        reported, _ = ingress_statuses(status_dir, live, kv)
         if not reported:
             err("no ingress replica reports its tenants: this cluster was not started by a paliserve "
                 "that can change tenants live; nothing changed")
@@ -201,12 +226,22 @@ def apply_tenants(path: Path, state_file: Path, out, err, timeout_s: float = APP
             out(f"no changes: the cluster's tenants are already these ({len(new)} tenants)")
             return 0
         started = time.monotonic()
+        try:
+            publish_tenants(kv, new)  # for the replicas on joined nodes; first, so a failure changes nothing
+        except Exception as exc:
+            err(f"not applied, nothing changed: could not publish the set in the cluster's GCS ({type(exc).__name__})")
+            return 1
         write_tenant_dir(root, new)
         for change in changes:
             out(f"  {change.describe()}")
-        replicas, problems = wait_until_served(status_dir, version, live_replicas, timeout_s)
+        replicas, problems = wait_until_served(status_dir, version, live_replicas, timeout_s, kv)
         if problems:
             write_tenant_dir(root, current)  # back to the set the replicas serve
+            try:
+                publish_tenants(kv, current)
+            except Exception as exc:
+                err(f"could not publish the previous set in the cluster's GCS again ({type(exc).__name__}): "
+                    "replicas on joined nodes may serve the new one")  # fmt: skip
             for problem in problems:
                 err(f"not applied, the previous tenants are restored: {problem}")
             return 1
@@ -218,9 +253,11 @@ def apply_tenants(path: Path, state_file: Path, out, err, timeout_s: float = APP
 
 
 def list_tenants(state_file: Path, out, err, as_json: bool = False) -> int:
+    from serve.cluster_kv import ClusterKV
+
     info = _connected_cluster(state_file, err)
     try:
-        reported, silent = ingress_statuses(local_status_dir(info.temp_dir), live_replicas())
+        reported, silent = ingress_statuses(local_status_dir(info.temp_dir), live_replicas(), ClusterKV.here())
     finally:
         _disconnect()
     if not reported:

@@ -180,9 +180,28 @@ class LocalCluster:
                 ray.shutdown()
         except Exception:  # the cluster is being torn down either way
             pass
-        stop_process_tree(self.info.pid)
+        # only while the recorded PID still runs this cluster's `ray start` (`paliserve down` reads
+        # it from cluster.json: after a reboot it may be another process's)
+        stop_process_tree(self.info.pid, is_ours=runs_ray_start(self.info.temp_dir))
         shutil.rmtree(self.info.temp_dir, ignore_errors=True)
         self.info = None
+
+
+def runs_ray_start(temp_dir: str):
+    """A predicate for `stop_process_tree`'s `is_ours`: the process runs the `ray start` of the
+    cluster or node whose --temp-dir is `temp_dir` (every one of ours has a temp dir of its own)."""
+    flag = f"--temp-dir={temp_dir}"
+
+    def is_ours(proc) -> bool:
+        import psutil
+
+        try:
+            cmdline = proc.cmdline()
+        except psutil.Error:
+            return False
+        return "start" in cmdline and flag in cmdline
+
+    return is_ours
 
 
 def auth_env(token_path: str) -> dict[str, str]:

@@ -5,6 +5,11 @@ its own HAProxy ingress (Serve runs one per node holding a replica), all descend
 process: stopping that tree takes this node out of the cluster and stops nothing else. Before
 anything starts, the token file, the head's reachability and the Ray/Python versions are checked,
 so a refused join says why and leaves nothing running.
+
+The node's `ray start` environment, which its replicas inherit, also points them at what the head
+published in the cluster's GCS (serve/cluster_kv.py): the head's quota store (its address, and
+its password in a mode-600 file in the node's temp dir) and the live tenant set, so that a tenant's
+limits and `paliserve tenants apply` hold on this node's replicas as on the head's.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from serve.cluster import NO_LOG_MONITOR, SERVE_THROUGHPUT_ENV, auth_env, free_port, stop_process_tree
+from serve.cluster import NO_LOG_MONITOR, SERVE_THROUGHPUT_ENV, auth_env, free_port, runs_ray_start, stop_process_tree
 from serve.ingress import haproxy_env
 from serve.processes import start_service
 
@@ -109,6 +114,64 @@ def version_mismatch(metadata: dict, ray_version: str, python_version: str) -> s
     return None
 
 
+QUOTA_PASSWORD_FILE = "quota-store-password"
+
+
+@dataclass
+class HeadServices:
+    """What the head published for its nodes: its quota store, if it runs one, and whether it
+    publishes its live tenant set."""
+
+    quota_url: str | None = None
+    quota_password: str | None = field(default=None, repr=False)  # never printed
+    tenants: bool = False
+
+    def env(self, temp_dir: str) -> dict[str, str]:
+        """The node's replicas' environment for them; the password goes to a mode-600 file in
+        the node's temp dir (removed with it by `paliserve down`), as on the head."""
+        from serve.tenancy.quotas import PASSWORD_FILE_ENV, URL_ENV
+        from serve.tenancy.registry import tenants_kv_env
+
+        env = tenants_kv_env() if self.tenants else {}
+        if self.quota_url:
+            path = os.path.join(temp_dir, QUOTA_PASSWORD_FILE)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.quota_password or "")
+            env.update({URL_ENV: self.quota_url, PASSWORD_FILE_ENV: path})
+        return env
+
+
+def head_services(kv) -> HeadServices:
+    """Read what the head published (serve/cluster_kv.py); a head that published nothing (an
+    older paliserve) gives an empty HeadServices."""
+    from serve.cluster_kv import QUOTA_STORE_KEY
+    from serve.tenancy.registry import KV_VERSION_KEY
+
+    try:
+        raw = kv.get(QUOTA_STORE_KEY)
+        store = json.loads(raw) if raw else {}
+        tenants = kv.get(KV_VERSION_KEY) is not None
+    except Exception as exc:  # Ray's own words, never the value
+        raise JoinRefused(f"could not read the head's quota store and tenants from its GCS: {type(exc).__name__}: {exc}") from None
+    return HeadServices(store.get("url"), store.get("password"), tenants)
+
+
+def check_quota_store(url: str, timeout_s: float = 5) -> None:
+    """Refuse to join when the head's quota store cannot be reached from here: this node's
+    replicas would answer 503 to every request of a tenant with limits."""
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    try:
+        with socket.create_connection((where.hostname, where.port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise JoinRefused(f"cannot reach the head's quota store at {where.hostname}:{where.port} "
+                          f"({exc.strerror or exc}): its tenants' limits need it on every node; open that port "
+                          "from this machine") from None  # fmt: skip
+
+
 class WorkerNode:
     """One node joined to a running head; `start` returns once Ray says the node runs."""
 
@@ -179,18 +242,7 @@ class WorkerNode:
         its PID may be another process's now."""
         if self.info is None:
             return
-        temp_dir = f"--temp-dir={self.info.temp_dir}"
-
-        def runs_this_node(proc) -> bool:
-            import psutil
-
-            try:
-                cmdline = proc.cmdline()
-            except psutil.Error:
-                return False
-            return "start" in cmdline and temp_dir in cmdline
-
-        stop_process_tree(self.info.pid, is_ours=runs_this_node)
+        stop_process_tree(self.info.pid, is_ours=runs_ray_start(self.info.temp_dir))
         shutil.rmtree(self.info.temp_dir, ignore_errors=True)
         self.info = None
 

@@ -1,24 +1,30 @@
 """The local quota store: a `redis-server` that `paliserve up` starts when a tenant has limits.
 
-It listens on 127.0.0.1 only, on a port chosen here, with a password drawn here (config and
-password files mode 0600 in a directory it owns, inside the cluster's temp dir), keeps no data
-on disk (quota windows are a minute long: a restarted store starts them empty), and is stopped
-by the PID it was started with, after checking that PID still runs this config.
+It listens on 127.0.0.1, and also on the head's address when the cluster has one other machines
+join (`paliserve up --node-ip-address`): replicas on those machines count against the same
+store. It listens on a port chosen here, with a password drawn here (config and password files
+mode 0600 in a directory it owns, inside the cluster's temp dir), keeps no data on disk (quota
+windows are a minute long: a restarted store starts them empty), and is stopped by the PID it
+was started with, after checking that PID still runs this config. The other nodes learn its
+address and password from the cluster's GCS (serve/cluster_kv.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve.processes import ServiceInfo, start_service, stop_service
 
 CONFIG_NAME = "redis.conf"
 PASSWORD_NAME = "password"
+LOOPBACK = "127.0.0.1"
 
 
 def find_redis_server() -> str | None:
@@ -26,12 +32,14 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
+@dataclass
 class RedisInfo(ServiceInfo):
     CONFIG_NAME = CONFIG_NAME
+    host: str = LOOPBACK  # the address the other nodes reach it at (it listens on 127.0.0.1 too)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def password_file(self) -> str:
@@ -43,6 +51,14 @@ class RedisInfo(ServiceInfo):
 
         return {URL_ENV: self.url, PASSWORD_FILE_ENV: self.password_file}
 
+    def publish(self, kv) -> None:
+        """Tell the cluster's other nodes (`paliserve join`) where this store is and its password,
+        through the cluster's GCS (serve/cluster_kv.py says why there)."""
+        from serve.cluster_kv import QUOTA_STORE_KEY
+
+        password = Path(self.password_file).read_text().strip()
+        kv.put(QUOTA_STORE_KEY, json.dumps({"url": self.url, "password": password}).encode())
+
 
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -50,13 +66,20 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-class LocalRedis:
-    """Configure `redis-server` on 127.0.0.1:`port` in `data_dir` (created, mode 0700)."""
+def bind_addresses(host: str) -> list[str]:
+    """127.0.0.1 first (the process title names it, `_runs` checks it), then `host` if another."""
+    return [LOOPBACK] + ([host] if host != LOOPBACK else [])
 
-    def __init__(self, binary: str, port: int, data_dir: str):
+
+class LocalRedis:
+    """Configure `redis-server` on 127.0.0.1:`port` (and `host`:`port`) in `data_dir` (created,
+    mode 0700)."""
+
+    def __init__(self, binary: str, port: int, data_dir: str, host: str = LOOPBACK):
         self.binary = binary
         self.port = port
         self.data_dir = data_dir
+        self.host = host
         self.info: RedisInfo | None = None
 
     def configure(self) -> RedisInfo:
@@ -66,12 +89,16 @@ class LocalRedis:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         password = secrets.token_hex(32)
         _write_private(data / PASSWORD_NAME, password)
+        # Every client authenticates (requirepass, 256 random bits): on the head's address too,
+        # where the other nodes' replicas connect. Protected mode stays on; with a password set it
+        # refuses nobody, and it would refuse remote clients if the password were ever missing.
+        # The traffic is not encrypted, as Ray's own between the nodes is not.
         _write_private(data / CONFIG_NAME, "\n".join([
-            "bind 127.0.0.1", "protected-mode yes", f"port {self.port}", f"dir {data}",
+            f"bind {' '.join(bind_addresses(self.host))}", "protected-mode yes", f"port {self.port}", f"dir {data}",
             f"requirepass {password}", 'save ""', "appendonly no", "daemonize no",
             f"logfile {data / 'redis.log'}", "maxmemory-policy noeviction",
         ]) + "\n")  # fmt: skip
-        self.info = RedisInfo(0, self.port, str(data), str(data / "redis.log"))
+        self.info = RedisInfo(0, self.port, str(data), str(data / "redis.log"), self.host)
         return self.info
 
     def start(self, timeout_s: float = 15) -> RedisInfo:

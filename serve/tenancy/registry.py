@@ -9,6 +9,11 @@ Sources, in order of precedence:
   re-read only when one changed) and swaps its tenant set in place when it changes. Kubelet
   updates mounted Secrets and ConfigMaps by an atomic symlink swap (`..data`); a local cluster's
   `paliserve tenants apply` writes its directory the same way (`write_tenant_dir`).
+- on a node that joined a local cluster from another machine (`paliserve join`), which has no
+  tenants directory: the set the head publishes in the cluster's GCS (`PALISERVE_TENANTS_KV`;
+  serve/cluster_kv.py), the same files as one value, written by `paliserve up` and `paliserve
+  tenants apply` beside the head's directory. Replicas poll its version key (one small GCS read
+  a second) and read the set only when it changed.
 - the plan's tenants, which `build_app` passes as the ingress deployment's Serve `user_config`
   (never as an init argument), used when no tenants directory holds a tenant file.
 
@@ -19,7 +24,8 @@ key or a digest: changes name tenants and fields, and listings give the number o
 
 Each replica may report what it serves to a status directory (`PALISERVE_TENANTS_STATUS_DIR`,
 local clusters): one JSON file per replica, which `paliserve tenants apply` waits on and
-`paliserve tenants list` reads.
+`paliserve tenants list` reads; a replica that follows the GCS reports there instead, one key per
+replica.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ logger = logging.getLogger("paliserve.tenancy")
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 TENANTS_DIR_ENV = "PALISERVE_TENANTS_DIR"
 STATUS_DIR_ENV = "PALISERVE_TENANTS_STATUS_DIR"
+TENANTS_KV_ENV = "PALISERVE_TENANTS_KV"  # "1": follow the set the head publishes in the cluster's GCS
+KV_VERSION_KEY = b"tenants/version"  # what replicas poll
+KV_SET_KEY = b"tenants/set"  # {"version", "files": render_files(...)}
+KV_SERVED_PREFIX = b"tenants-served/"  # + replica: its status
 KEYS_DIR = "tenant-keys"  # the Secret's mount under the root
 CONFIG_DIR = "tenants"  # the ConfigMap's mount under the root
 CONFIG_FILE = "tenants.yaml"  # the ConfigMap's key
@@ -297,9 +307,129 @@ def write_tenant_dir(root: Path, tenants: list[TenantPlan]) -> None:
         shutil.rmtree(root / previous, ignore_errors=True)
 
 
+# ---- the set in the cluster's GCS: nodes on other machines ------------------------------------
+
+
+def tenants_kv_env() -> dict[str, str]:
+    """What a joined node gives its replicas so that they follow the published set."""
+    return {TENANTS_KV_ENV: "1"}
+
+
+def publish_tenants(kv, tenants: list[TenantPlan]) -> str:
+    """Publish the set (serve/cluster_kv.py): the files first, then the version the replicas
+    poll, so a replica that sees the new version reads the new files. Returns the version."""
+    version = tenant_set_version(tenants)
+    kv.put(KV_SET_KEY, json.dumps({"version": version, "files": render_files(tenants)}).encode())
+    kv.put(KV_VERSION_KEY, version.encode())
+    return version
+
+
+def published_tenants(raw: bytes) -> tuple[str, list[TenantPlan]]:
+    """(version, tenants) of a published value; raises TenantSetInvalid as `parse_tenants`."""
+    try:
+        data = json.loads(raw)
+        version, files = str(data["version"]), dict(data["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TenantSetInvalid([f"the published tenant set is malformed ({type(exc).__name__})"]) from None
+    keys = {rel.split("/", 1)[1]: text for rel, text in files.items() if rel.startswith(f"{KEYS_DIR}/")}
+    return version, parse_tenants(files.get(f"{CONFIG_DIR}/{CONFIG_FILE}", ""), keys)
+
+
+class KvWatcher:
+    """Polls the set published in the cluster's GCS, as DirectoryWatcher polls a directory:
+    `changed()` reads the version key only (False while the GCS does not answer: the replica keeps
+    its set, and says so once); `read()` reads the set."""
+
+    source = "cluster's GCS"
+
+    def __init__(self, kv=None):
+        self._kv = kv  # serve.cluster_kv.ClusterKV; default: this replica's own connection to the GCS
+        self._seen: str | None = None
+        self._failing = False
+
+    @property
+    def kv(self):
+        if self._kv is None:
+            from serve.cluster_kv import ClusterKV
+
+            self._kv = ClusterKV.here()
+        return self._kv
+
+    def changed(self) -> bool:
+        try:
+            version = self.kv.get(KV_VERSION_KEY)
+        except Exception as exc:
+            if not self._failing:
+                logger.warning("cannot read the tenant set's version from the cluster's GCS (%s); still serving "
+                               "the set held", type(exc).__name__)  # fmt: skip
+            self._failing = True
+            return False
+        self._failing = False
+        return version is not None and version.decode() != self._seen
+
+    def read(self) -> list[TenantPlan] | None:
+        """The published set (None: none published); a set that fails validation is not read
+        again until another is published, one the GCS did not return is (OSError)."""
+        try:
+            raw = self.kv.get(KV_SET_KEY)
+        except Exception as exc:
+            raise OSError(f"the cluster's GCS did not return the tenant set ({type(exc).__name__})") from None
+        if raw is None:
+            return None
+        try:
+            version, tenants = published_tenants(raw)
+        except TenantSetInvalid:
+            self._seen = _published_version(raw)
+            raise
+        self._seen = version
+        return tenants
+
+    def report(self, name: str, status: dict) -> None:
+        self.kv.put(KV_SERVED_PREFIX + name.encode(), json.dumps(status).encode())
+
+
+def _published_version(raw: bytes) -> str | None:
+    try:
+        return str(json.loads(raw)["version"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_published_statuses(kv) -> dict[str, dict]:
+    """Replica id -> its last report, of the replicas that report to the GCS (dead ones included)."""
+    statuses = {}
+    for key in kv.keys(KV_SERVED_PREFIX):
+        raw = kv.get(key)
+        try:
+            status = json.loads(raw) if raw else None
+        except ValueError:
+            continue
+        if isinstance(status, dict) and "replica" in status:
+            statuses[status["replica"]] = status
+    return statuses
+
+
+def prune_published_statuses(kv, live: set[str]) -> int:
+    """Delete the reports of replicas that are gone (stopped, replaced, their node lost), which
+    nothing else removes from the GCS; the number deleted."""
+    gone = 0
+    for key in kv.keys(KV_SERVED_PREFIX):
+        raw = kv.get(key)
+        try:
+            replica = json.loads(raw).get("replica") if raw else None
+        except (ValueError, AttributeError):
+            replica = None
+        if replica not in live:
+            kv.delete(key)
+            gone += 1
+    return gone
+
+
 class DirectoryWatcher:
     """Polls a tenants directory: `changed()` is True when any resolved file changed since the
     last `read()` (a stat of each; nothing is read while nothing changes)."""
+
+    source = "files"
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -355,14 +485,17 @@ def _replica_identity() -> tuple[str, str]:
 
 class TenantFeed:
     """Keeps a replica's `Tenancy` on the current tenant set: the plan's (Serve's `user_config`,
-    through `configure`) unless the tenants directory has one, and the directory's as it changes."""
+    through `configure`) unless the tenants directory (or, without one, the set published in the
+    cluster's GCS) has one, and that set as it changes."""
 
     def __init__(self, tenancy, root: str | None = None, status_dir: str | None = None,
-                 interval_s: float = POLL_INTERVAL_S):
+                 interval_s: float = POLL_INTERVAL_S, kv=None):
         self.tenancy = tenancy
         root = root if root is not None else os.environ.get(TENANTS_DIR_ENV)
         status_dir = status_dir if status_dir is not None else os.environ.get(STATUS_DIR_ENV)
         self.watcher = DirectoryWatcher(Path(root)) if root else None
+        if self.watcher is None and (kv is not None or os.environ.get(TENANTS_KV_ENV)):
+            self.watcher = KvWatcher(kv)
         self.status_dir = Path(status_dir) if status_dir else None
         self.interval_s = interval_s
         self.planned: list[TenantPlan] = []
@@ -382,7 +515,7 @@ class TenantFeed:
         if self.watcher is not None:
             tenants = await asyncio.to_thread(self.look)
             if tenants is not None:
-                self.apply(tenants, "files")
+                self.apply(tenants, self.watcher.source)
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._watch())
         self.write_status()
@@ -405,7 +538,7 @@ class TenantFeed:
     def poll(self) -> bool:
         """Look and apply (tests, and anything without an event loop); True when a new set was applied."""
         tenants = self.look()
-        return tenants is not None and self.apply(tenants, "files")
+        return tenants is not None and self.apply(tenants, self.watcher.source)
 
     def apply(self, tenants: list[TenantPlan], source: str) -> bool:
         version = tenant_set_version(tenants)
@@ -436,7 +569,7 @@ class TenantFeed:
             await asyncio.sleep(self.interval_s)
             try:
                 tenants = await asyncio.to_thread(self.look)
-                if tenants is not None and self.apply(tenants, "files"):  # applied on the event loop
+                if tenants is not None and self.apply(tenants, self.watcher.source):  # applied on the event loop
                     await asyncio.to_thread(self.write_status)
             except Exception:  # the watch must outlive any one bad look
                 logger.exception("watching the tenants directory failed")
@@ -456,12 +589,20 @@ class TenantFeed:
         }
 
     def write_status(self) -> None:
+        reporter = self.watcher if isinstance(self.watcher, KvWatcher) else None
+        if self.status_dir is None and reporter is None:
+            return
+        status = self.status()
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", status["replica"]) + ".json"
+        if reporter is not None:  # no status directory is shared with the head: report to the GCS
+            try:
+                reporter.report(name, status)
+            except Exception as exc:
+                logger.warning("could not report the tenant status to the cluster's GCS: %s", type(exc).__name__)
         if self.status_dir is None:
             return
         try:
-            status = self.status()
             self.status_dir.mkdir(parents=True, exist_ok=True)
-            name = re.sub(r"[^A-Za-z0-9._-]", "_", status["replica"]) + ".json"
             tmp = self.status_dir / f".{name}.tmp"
             tmp.write_text(json.dumps(status))
             os.replace(tmp, self.status_dir / name)
