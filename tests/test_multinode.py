@@ -13,10 +13,8 @@ the head: one cluster start-up for all of it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,103 +26,17 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-import yaml
-from conftest import PALISERVE
 from stack_support import chat_body, wait_for
+from two_nodes import AUTH, HEAD_IP, MODEL, NODE_IP, two_node_cluster, two_node_plan
+from two_nodes import paliserve as _paliserve
+from two_nodes import process_tree as _tree
 
 pytestmark = [pytest.mark.engine, pytest.mark.own_cluster]
 
-HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
-MODEL = "tiny-paligemma"
-KEY = "sk-multinode"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def two_node_plan(model_dir: Path):
-    from paliserve.local import tiny_plan
-    from paliserve.spec import GpuLayout, GpuSlot, ReplicaBounds, TenantPlan
-
-    plan = tiny_plan(model_dir, max_num_seqs=4)
-    plan.gateway.colocate = False
-    (deployment,) = plan.deployments
-    deployment.replicas = ReplicaBounds(min=2, initial=2, max=2)
-    deployment.ray_actor_options.num_gpus = 1
-    plan.gpu_layout = [
-        GpuLayout(index=i, type="logical", node=i,
-                  slots=[GpuSlot(deployment=deployment.name, replica=i, share=1.0, memory_utilization=0.3)])
-        for i in range(2)
-    ]  # fmt: skip
-    plan.gpus = plan.gpus_initial = 2
-    # served on all interfaces (each node's HAProxy on its own address): only with keys
-    plan.tenants = [TenantPlan(name="multinode", api_key_sha256=[hashlib.sha256(KEY.encode()).hexdigest()], models=[MODEL])]
-    return plan
-
-
-def _paliserve(args: list[str], cache: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([PALISERVE, *args], env={**os.environ, "PALISERVE_CACHE": str(cache)},
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, tiny_model_dir):
-    from serve.cluster import free_port, stop_process_tree
-
-    work = tmp_path_factory.mktemp("multinode")
-    head_cache, node_cache = work / "head-cache", work / "node-cache"
-    plan = two_node_plan(tiny_model_dir)
-    plan_file = work / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan.model_dump(mode="json")))
-    token = work / "token"
-    token.write_text(os.urandom(32).hex())
-    token.chmod(0o600)
-    head_port, node_port = free_port(), free_port()
-    up = subprocess.Popen(
-        [PALISERVE, "up", "--detach", "--plan", str(plan_file), "--no-prometheus", "--no-memory-check",
-         "--host", "0.0.0.0", "--node-ip-address", HEAD_IP, "--port", str(head_port), "--num-gpus", "1",
-         "--token-file", str(token)],
-        env={**os.environ, "PALISERVE_CACHE": str(head_cache)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    started: list[psutil.Process] = []
-    output: list[str] = []
-    try:
-        # the engines wait for the second node's GPU: join as soon as the head says how
-        for line in up.stdout:
-            output.append(line)
-            if "join with" in line:
-                break
-        match = re.search(r"paliserve join (\S+) --token-file", "".join(output))
-        assert match, "".join(output)
-        head = match.group(1)
-        assert head.startswith(f"{HEAD_IP}:")
-        started += _tree(up.pid)
-        joined = _paliserve(["join", head, "--token-file", str(token), "--node-ip-address", NODE_IP,
-                             "--port", str(node_port), "--num-gpus", "1"], node_cache)  # fmt: skip
-        assert joined.returncode == 0, joined.stdout + joined.stderr
-        node = json.loads((node_cache / "node.json").read_text())
-        started += _tree(node["pid"])
-        rest = up.communicate(timeout=300)[0]
-        assert up.returncode == 0, "".join(output) + rest
-        state = json.loads((head_cache / "cluster.json").read_text())
-        started += _tree(state["pid"])
-        yield {"head": head, "token": token, "plan": plan, "state": state, "node": node, "up_output": "".join(output) + rest,
-               "head_url": f"http://{HEAD_IP}:{head_port}", "node_url": f"http://{NODE_IP}:{node_port}",
-               "head_cache": head_cache, "node_cache": node_cache, "work": work}  # fmt: skip
-    finally:
-        if up.poll() is None:
-            stop_process_tree(up.pid)
-        _paliserve(["down"], node_cache)
-        _paliserve(["down"], head_cache)
-        for proc in started:  # whatever `down` left: nothing, unless it failed
-            if proc.is_running():
-                stop_process_tree(proc.pid)
+    with two_node_cluster(tmp_path_factory.mktemp("multinode"), two_node_plan(tiny_model_dir)) as started:
+        yield started
 
 
 def _ray_nodes(head: str, token: Path) -> str:

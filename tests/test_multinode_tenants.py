@@ -16,16 +16,16 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 
 import httpx
 import psutil
 import pytest
 import yaml
-from conftest import PALISERVE
 from stack_support import chat_body, wait_for
-from test_multinode import HEAD_IP, MODEL, NODE_IP, two_node_plan
+from two_nodes import HEAD_IP, MODEL, NODE_IP, two_node_cluster, two_node_plan
+from two_nodes import paliserve as _paliserve
+from two_nodes import process_tree as _tree
 
 pytestmark = [pytest.mark.engine, pytest.mark.own_cluster]
 
@@ -48,70 +48,10 @@ def colocated_plan(model_dir):
     return plan
 
 
-def _paliserve(args: list[str], cache, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([PALISERVE, *args], env={**os.environ, "PALISERVE_CACHE": str(cache)},
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, tiny_model_dir):
-    from serve.cluster import free_port, stop_process_tree
-
-    work = tmp_path_factory.mktemp("multinode-tenants")
-    head_cache, node_cache = work / "head-cache", work / "node-cache"
-    plan = colocated_plan(tiny_model_dir)
-    plan_file = work / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan.model_dump(mode="json")))
-    token = work / "token"
-    token.write_text(os.urandom(32).hex())
-    token.chmod(0o600)
-    head_port, node_port = free_port(), free_port()
-    up = subprocess.Popen(
-        [PALISERVE, "up", "--detach", "--plan", str(plan_file), "--no-prometheus", "--no-memory-check",
-         "--host", "0.0.0.0", "--node-ip-address", HEAD_IP, "--port", str(head_port), "--num-gpus", "1",
-         "--token-file", str(token)],
-        env={**os.environ, "PALISERVE_CACHE": str(head_cache)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    started: list[psutil.Process] = []
-    output: list[str] = []
-    try:
-        for line in up.stdout:
-            output.append(line)
-            if "join with" in line:
-                break
-        match = re.search(r"paliserve join (\S+) --token-file", "".join(output))
-        assert match, "".join(output)
-        head = match.group(1)
-        started += _tree(up.pid)
-        joined = _paliserve(["join", head, "--token-file", str(token), "--node-ip-address", NODE_IP,
-                             "--port", str(node_port), "--num-gpus", "1"], node_cache)  # fmt: skip
-        assert joined.returncode == 0, joined.stdout + joined.stderr
-        node = json.loads((node_cache / "node.json").read_text())
-        started += _tree(node["pid"])
-        rest = up.communicate(timeout=300)[0]
-        assert up.returncode == 0, "".join(output) + rest
-        state = json.loads((head_cache / "cluster.json").read_text())
-        started += _tree(state["pid"])
-        yield {"head": head, "token": token, "plan": plan, "state": state, "node": node, "work": work,
-               "up_output": "".join(output) + rest, "join_output": joined.stdout + joined.stderr,
-               "head_url": f"http://{HEAD_IP}:{head_port}", "node_url": f"http://{NODE_IP}:{node_port}",
-               "head_cache": head_cache, "node_cache": node_cache}  # fmt: skip
-    finally:
-        if up.poll() is None:
-            stop_process_tree(up.pid)
-        _paliserve(["down"], node_cache)
-        _paliserve(["down"], head_cache)
-        for proc in started:
-            if proc.is_running():
-                stop_process_tree(proc.pid)
+    with two_node_cluster(tmp_path_factory.mktemp("multinode-tenants"), colocated_plan(tiny_model_dir)) as started:
+        yield started
 
 
 def _tenant_requests(ip: str, metrics_port: int, tenant: str) -> dict[str, float]:

@@ -11,12 +11,11 @@ import time
 from paliserve.tenants import all_statuses, wait_until_served
 from serve.app import tenant_user_config
 from serve.cluster_kv import MemoryKV
-from serve.errors import Unauthorized
 from serve.tenancy.registry import (KV_SERVED_PREFIX, KV_SET_KEY, KV_VERSION_KEY, TENANTS_KV_ENV, KvWatcher, TenantFeed,
                                     prune_published_statuses, publish_tenants, published_tenants,
                                     read_published_statuses, runtime_tenants,
                                     tenant_set_version, tenants_kv_env)  # fmt: skip
-from test_registry import cpu_plan, tenancy_for, tenant
+from test_registry import cpu_plan, tenancy_for, tenant, until_accepted
 
 
 def test_a_published_set_round_trips_and_holds_digests_only():
@@ -83,13 +82,7 @@ def test_a_replica_on_a_joined_node_follows_the_published_set_and_reports_there(
         assert feed.source == "cluster's GCS" and feed.version == tenant_set_version(plan.tenants)
         written = time.monotonic()
         publish_tenants(kv, [tenant("local", "sk-next")])  # `paliserve tenants apply` on the head
-        while True:
-            try:
-                tenancy.authenticate("Bearer sk-next", None)
-                break
-            except Unauthorized:
-                await asyncio.sleep(0.01)
-                assert time.monotonic() - written < 5
+        await until_accepted(tenancy, "Bearer sk-next", written)
         took = time.monotonic() - written
         expected = tenant_set_version([tenant("local", "sk-next")])
         while next(iter(read_published_statuses(kv).values()))["version"] != expected:
