@@ -210,15 +210,19 @@ class ReplicaPerformance:
     # --- decode --------------------------------------------------------------------------
     @cached_property
     def _decode_points(self) -> list[tuple[float, float]]:
-        """The profile's decode steps by batch, each taken at no more than any larger batch's: a
-        step does more work at a larger batch, so a smaller batch measured slower than a larger one
-        had something else in its steps (`paliserve profile` starts a batch's requests together,
-        and one whose prefill landed in another's decode adds that prefill to its gaps)."""
-        envelope, lowest = [], math.inf
-        for point in reversed(self.profile.decode):
-            lowest = min(lowest, point.step_seconds)
-            envelope.append((point.batch, lowest))
-        return envelope[::-1]
+        """The profile's decode steps by batch, each measured between two others taken at no more
+        than the slower of those two: nothing in a decode step peaks at an intermediate batch (a
+        larger batch streams the same weights, and oneDNN's products can even stream them faster:
+        the host probe's batch-4 products run faster than batch 1's here), while `paliserve
+        profile`, which starts a batch's requests together, adds a prefill to the gaps of a
+        request whose neighbour's prefill lands in its decode (run D's profile: batch 2 at 0.63 s,
+        batch 4 at 0.32; on 2026-11-30 09:04 batch 2 at 0.58 s between batch 1's 0.34 and batch
+        4's 0.29). The end points stay as measured."""
+        points = [(p.batch, p.step_seconds) for p in self.profile.decode]
+        return [points[0]] + [
+            (batch, min(seconds, max(points[i][1], points[i + 2][1])))
+            for i, (batch, seconds) in enumerate(points[1:-1])
+        ] + points[1:][-1:]
 
     def step_s(self, batch: float, context_tokens: float) -> float:
         if self.profile is not None:
