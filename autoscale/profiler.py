@@ -2,7 +2,7 @@
 
 Runs vLLM's AsyncLLM in-process (no serve runtime): prefill points are the time to the first token
 of one request (image + n prompt tokens) at batch 1; decode points are the mean gap between tokens
-when b requests generate together. Medians over `repeats`.
+when b requests generate together, counted once all b have their first token. Medians over `repeats`.
 
 Run as `paliserve profile ...` or `python -m autoscale.profiler ...` (the engine spawns processes,
 so start it from a `__main__` guard).
@@ -81,6 +81,22 @@ def _prompt_of(tokenizer, tokens: int) -> str:
     return text
 
 
+def decode_step_seconds(runs: list[list[float]]) -> float:
+    """The decode step of a batch started together, from each request's token arrival times: the
+    median over its requests of the mean gap between tokens once every request has its first one.
+    Before that a request's gaps hold the other requests' prefills (a request whose prefill ends
+    first decodes while the next one prefills), which is prefill time, not a decode step."""
+    settled = max(stamps[0] for stamps in runs if stamps)
+    gaps = []
+    for stamps in runs:
+        after = [t for t in stamps if t >= settled]
+        if len(after) > 1:
+            gaps.append((after[-1] - after[0]) / (len(after) - 1))
+    if not gaps:
+        raise ValueError("no request of the batch generated two tokens after the batch's last first token")
+    return statistics.median(gaps)
+
+
 async def _measure(settings: ProfileSettings) -> Profile:
     from vllm import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -121,8 +137,7 @@ async def _measure(settings: ProfileSettings) -> Profile:
             samples = []
             for _ in range(settings.repeats):
                 runs = await asyncio.gather(*(run(short, settings.decode_tokens) for _ in range(batch)))
-                gaps = [(s[-1] - s[0]) / (len(s) - 1) for s in runs if len(s) > 1]
-                samples.append(statistics.median(gaps))
+                samples.append(decode_step_seconds(runs))
             decode.append(DecodePoint(batch=batch, step_seconds=statistics.median(samples)))
     finally:
         engine.shutdown()
