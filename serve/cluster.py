@@ -175,7 +175,7 @@ class LocalCluster:
             import ray
             from ray import serve
 
-            if ray.is_initialized():
+            if ray.is_initialized() and connected_to(self.info):  # not a driver of another cluster
                 serve.shutdown()
                 ray.shutdown()
         except Exception:  # the cluster is being torn down either way
@@ -185,6 +185,13 @@ class LocalCluster:
         stop_process_tree(self.info.pid, is_ours=runs_ray_start(self.info.temp_dir))
         shutil.rmtree(self.info.temp_dir, ignore_errors=True)
         self.info = None
+
+
+def connected_to(info: ClusterInfo) -> bool:
+    """Whether this process's Ray driver is connected to the cluster of `info` (by its GCS port)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1] == str(info.gcs_port)
 
 
 def runs_ray_start(temp_dir: str):

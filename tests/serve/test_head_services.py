@@ -117,10 +117,14 @@ def stranger():
 def test_stopping_a_cluster_whose_pid_runs_something_else_signals_nothing(tmp_path, stranger):
     temp_dir = tmp_path / "cluster"
     temp_dir.mkdir()
+    import ray
+
+    connected = ray.is_initialized()  # to the suite's shared cluster: stopping another must leave it be
     cluster = LocalCluster(temp_dir=str(temp_dir))
     cluster.info = ClusterInfo(stranger.pid, 2, 3, 4, str(temp_dir), str(temp_dir / "ray-start.log"))
     cluster.stop()
     assert stranger.poll() is None and not temp_dir.exists()
+    assert ray.is_initialized() == connected
 
 
 def test_down_on_the_head_when_its_pid_runs_something_else(tmp_path, stranger):
