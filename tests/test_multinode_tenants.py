@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 from stack_support import chat_body, wait_for
-from two_nodes import HEAD_IP, MODEL, NODE_IP, two_node_cluster, two_node_plan
+from two_nodes import AUTH, HEAD_IP, MODEL, NODE_IP, two_node_cluster, two_node_plan
 from two_nodes import paliserve as _paliserve
 from two_nodes import process_tree as _tree
 
@@ -78,10 +78,23 @@ def test_each_node_holds_an_ingress_replica_and_shares_the_heads_store(cluster):
     assert open(password_file).read().strip() not in cluster["up_output"] + cluster["join_output"]
 
 
+def _until_the_nodes_ingress_uses_both_replicas(cluster):
+    """`up` returns once both replicas run; each node's HAProxy learns of them from Serve's
+    controller a little later (in CI, 9 requests in a row right after `up` all went to the head's
+    replica). Requests of the unlimited tenant until the joined node's replica has answered one."""
+    def answered_on_node():
+        reply = httpx.post(f"{cluster['node_url']}/v1/chat/completions", json=chat_body(MODEL, 4), headers=AUTH, timeout=120)
+        assert reply.status_code == 200, reply.text
+        return _tenant_requests(NODE_IP, cluster["node"]["metrics_port"], "multinode").get("200")
+
+    wait_for(answered_on_node, 90, 1, "a request through the node's ingress answered by the node's replica")
+
+
 def test_a_tenants_quota_holds_on_the_joined_nodes_replica(cluster):
     """Through the joined node's ingress: the first 429 at the configured count, whichever of the
     two replicas answered; the node's own replica answered some of them (its metrics), which
     without the head's store would have been 503 `quota_unavailable`."""
+    _until_the_nodes_ingress_uses_both_replicas(cluster)
     auth = {"Authorization": f"Bearer {LIMITED_KEY}"}
     statuses, retry_after = [], None
     for _ in range(REQUESTS_PER_MIN + 1):
