@@ -7,8 +7,8 @@ topology), so whichever node holds the gateway, one engine is across nodes from 
 machine the engines run on CPU; the logical GPUs only steer placement, as real ones would.
 
 The end of the module loses the worker node under load (its whole process tree SIGKILLed, as a
-lost machine), runs `down` where it was, joins it again without GPUs and `down`s it, then stops
-the head: one cluster start-up for all of it.
+lost machine), runs `down` where it was, joins it again with its GPU (the lost replica, waiting for
+room, starts there) and `down`s it, then stops the head: one cluster start-up for all of it.
 """
 
 from __future__ import annotations
@@ -346,13 +346,30 @@ def test_down_on_a_lost_node_cleans_up_and_signals_nothing_else(cluster):
         stranger.wait()
 
 
-def test_down_on_the_node_leaves_and_the_head_serves_on(cluster):
-    # the lost node's machine comes back and joins again, without GPUs here (the pending replica
-    # stays pending: no engine start in this suite), then leaves with `down`
+def test_a_node_with_room_takes_the_lost_replica(cluster):
+    """The lost machine comes back (or a replacement joins) with its GPU: the replica that waited
+    for room since the loss starts there, as the plan's layout has it, and serves through the
+    node's ingress. Prints how long that took (pytest -s)."""
+    started = time.monotonic()
     rejoined = _paliserve(["join", cluster["head"], "--token-file", str(cluster["token"]), "--node-ip-address", NODE_IP,
-                           "--port", cluster["node_url"].rsplit(":", 1)[1], "--num-gpus", "0"], cluster["node_cache"])  # fmt: skip
+                           "--port", cluster["node_url"].rsplit(":", 1)[1], "--num-gpus", "1"], cluster["node_cache"])  # fmt: skip
     assert rejoined.returncode == 0, rejoined.stdout + rejoined.stderr
+    joined = time.monotonic()
     cluster["node"] = json.loads((cluster["node_cache"] / "node.json").read_text())
+
+    def served_on_node():
+        try:
+            reply = httpx.post(f"{cluster['node_url']}/v1/chat/completions", json=chat_body(MODEL, 8), headers=AUTH, timeout=60)
+        except httpx.HTTPError:
+            return None
+        return reply.status_code == 200 and _served(NODE_IP, cluster["node"]["metrics_port"]) > 0
+
+    wait_for(served_on_node, 180, 2, "the waiting replica started on the rejoined node and serving")
+    print(f"\nrejoined in {joined - started:.1f} s; the waiting replica served on it {time.monotonic() - started:.1f} s after the join began")
+
+
+def test_down_on_the_node_leaves_and_the_head_serves_on(cluster):
+    # the node that took the waiting replica leaves with `down`: its replica waits for room again
     node_tree = _tree(cluster["node"]["pid"])
     assert node_tree
     left = _paliserve(["down"], cluster["node_cache"])
