@@ -13,6 +13,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from paliserve.spec import Plan
 
@@ -201,7 +202,7 @@ def check_memory(plan: Plan, machine: Machine) -> list[str]:
     from autoscale.memory import CPU_DEFAULT_KV_GIB, GIB, cpu_serving_memory, gpu_serving_memory
 
     problems: list[str] = []
-    cpu_engines, cpu_replicas_rest, cpu_ray, cpu_parts = 0, 0, 0, []
+    cpu_parts = []
     for deployment in plan.deployments:
         args = deployment.engine_args
         arch, config = _architecture(args.model)
@@ -217,11 +218,7 @@ def check_memory(plan: Plan, machine: Machine) -> list[str]:
             def need(dtype=dtype, kv_gib=kv_gib):
                 return cpu_serving_memory(arch, dtype, int(kv_gib * GIB), batched, args.max_num_seqs)
 
-            mem = need()
-            cpu_engines += replicas * mem.engine
-            cpu_replicas_rest += replicas * (mem.engine_core + mem.front_end)
-            cpu_ray = max(cpu_ray, mem.ray)
-            cpu_parts.append((name, replicas, dtype, kv_gib, mem, need))
+            cpu_parts.append(_CpuPart(name, replicas, dtype, kv_gib, need(), need, deployment.name))
         elif machine.gpu_memory:
             tp = args.tensor_parallel_size
             limit = machine.gpu_memory * args.gpu_memory_utilization
@@ -237,26 +234,62 @@ def check_memory(plan: Plan, machine: Machine) -> list[str]:
                     f"{name} needs {_gib(mem.engine)} per GPU ({mem.describe()}) and gpu_memory_utilization "
                     f"{args.gpu_memory_utilization} of this GPU's {_gib(machine.gpu_memory)} is {_gib(limit)}; {fix}"
                 )  # fmt: skip
+    cpu_parts, node_note = _on_the_busiest_node(plan, cpu_parts)
     if cpu_parts:
-        cpu_stack = cpu_replicas_rest + cpu_ray  # every process besides the engine workers
+        cpu_engines = sum(p.replicas * p.mem.engine for p in cpu_parts)
+        cpu_ray = max(p.mem.ray for p in cpu_parts)
+        cpu_stack = sum(p.replicas * (p.mem.engine_core + p.mem.front_end) for p in cpu_parts) + cpu_ray  # besides the engine workers
         total = cpu_engines + cpu_stack
         over_total = total > machine.ram_total
         over_available = cpu_engines > machine.ram_available
         if over_total or over_available:
-            name, replicas, dtype, kv_gib, mem, need = max(cpu_parts, key=lambda p: p[1] * p[4].engine)
+            name, replicas, dtype, kv_gib, mem, need, _ = max(cpu_parts, key=lambda p: p.replicas * p.mem.engine)
             if over_total:
-                head = (f"RAM: serving needs {_gib(total)} ({name}: {mem.describe()}"
+                head = (f"RAM: serving needs {_gib(total)}{node_note} ({name}: {mem.describe()}"
                         f"{f', x{replicas} replicas' if replicas > 1 else ''}) and this machine has {_gib(machine.ram_total)}")  # fmt: skip
                 room = machine.ram_total - cpu_stack - (cpu_engines - replicas * mem.engine)
             else:
-                engines = sum(p[1] for p in cpu_parts)
-                head = (f"RAM: the engine{'s need' if engines > 1 else ' needs'} {_gib(cpu_engines)} ({name}: "
+                engines = sum(p.replicas for p in cpu_parts)
+                head = (f"RAM: the engine{'s need' if engines > 1 else ' needs'} {_gib(cpu_engines)}{node_note} ({name}: "
                         f"{mem.describe(stack=False)}) and {_gib(machine.ram_available)} is available now")  # fmt: skip
                 room = machine.ram_available - (cpu_engines - replicas * mem.engine)
                 if not over_total:
                     head += f" (of {_gib(machine.ram_total)})"
             problems.append(f"{head}; {_nearest_cpu_change(dtype, kv_gib, replicas, room, need, machine.cpu_bf16)}")
     return problems
+
+
+class _CpuPart(NamedTuple):
+    name: str  # the model's served name
+    replicas: int
+    dtype: str
+    kv_gib: float
+    mem: object  # autoscale.memory's figures for one replica
+    need: object  # (dtype=, kv_gib=) -> those figures with a change
+    deployment: str
+
+
+def _on_the_busiest_node(plan: Plan, cpu_parts: list[_CpuPart]) -> tuple[list[_CpuPart], str]:
+    """The CPU deployments' replica counts on the one node of a multi-node layout that needs the
+    most RAM, and a note naming it: each machine holds its node's replicas, not the whole plan's.
+    A deployment the layout does not place (no GPU share) may land on any node, so it counts whole
+    on each. Machines are taken as alike: `up` checks the head, the others are the operator's."""
+    from serve.placement import planned_per_node
+
+    per_node = planned_per_node(plan)
+    if not cpu_parts or len(per_node) < 2:
+        return cpu_parts, ""
+    placed = {name for counts in per_node.values() for name in counts}
+
+    def on(node: int) -> list[_CpuPart]:
+        return [p._replace(replicas=per_node[node][p.deployment]) if p.deployment in placed else p for p in cpu_parts]
+
+    def ram(parts: list[_CpuPart]) -> int:
+        return sum(p.replicas * (p.mem.engine + p.mem.engine_core + p.mem.front_end) for p in parts)
+
+    busiest = max(per_node, key=lambda node: ram(on(node)))
+    parts = [p for p in on(busiest) if p.replicas > 0]
+    return parts, f" on the plan's node {busiest} (of {len(per_node)}; each machine holds its node's replicas)"
 
 
 def _nearest_cpu_change(dtype, kv_gib, replicas, room, need, cpu_bf16) -> str:

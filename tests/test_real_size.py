@@ -165,3 +165,27 @@ def test_up_refuses_a_plan_the_machine_cannot_hold_before_starting_anything(tmp_
     assert "paliserve cannot start: RAM: " in result.stderr and "weights 51.5 GiB" in result.stderr, result.stderr
     assert "starting Ray" not in result.stderr
     assert not (tmp_path / "cache" / "cluster.json").exists()
+
+
+def _on_nodes(plan, nodes: int, per_node: int):
+    """`plan` with its deployment's replicas laid out `per_node` on each of `nodes` (a logical GPU each)."""
+    from paliserve.spec import GpuLayout, GpuSlot
+
+    (deployment,) = plan.deployments
+    deployment.replicas.min = deployment.replicas.initial = deployment.replicas.max = nodes * per_node
+    plan.gpu_layout = [GpuLayout(index=i, type="logical", node=i // per_node, slots=[
+        GpuSlot(deployment=deployment.name, replica=i, share=1.0, memory_utilization=0.3)]) for i in range(nodes * per_node)]  # fmt: skip
+    return plan
+
+
+def test_across_machines_each_holds_its_nodes_replicas():
+    from serve.preflight import Machine, check_memory
+
+    one_replica = Machine(ram_total=20 * GIB, ram_available=14 * GIB, cpu_bf16=True)  # holds one bf16 3B replica
+    assert check_memory(_plan(dtype="bfloat16"), one_replica) == []
+    # two replicas, one on each of two machines: this machine holds its one
+    assert check_memory(_on_nodes(_plan(dtype="bfloat16"), nodes=2, per_node=1), one_replica) == []
+    # two on each machine: refused, naming the node and its share
+    [problem] = check_memory(_on_nodes(_plan(dtype="bfloat16"), nodes=2, per_node=2), one_replica)
+    assert "on the plan's node 0 (of 2; each machine holds its node's replicas)" in problem, problem
+    assert "x2 replicas" in problem or "engines need" in problem, problem
