@@ -339,7 +339,7 @@ def join(
         # the head's quota store and live tenants, for this node's replicas (its environment)
         services = head_services(ClusterKV.at(head, token))
         if services.quota_url:
-            check_quota_store(services.quota_url)
+            check_quota_store(services.quota_url, services.quota_ca)
     except JoinRefused as exc:
         _error(f"paliserve cannot join: {exc}")
         raise typer.Exit(2) from None

@@ -115,6 +115,7 @@ def version_mismatch(metadata: dict, ray_version: str, python_version: str) -> s
 
 
 QUOTA_PASSWORD_FILE = "quota-store-password"
+QUOTA_CA_FILE = "quota-store.crt"
 
 
 @dataclass
@@ -125,11 +126,13 @@ class HeadServices:
     quota_url: str | None = None
     quota_password: str | None = field(default=None, repr=False)  # never printed
     tenants: bool = False
+    quota_ca: str | None = None  # the store's certificate (PEM) when it serves TLS (serve/store_tls.py)
 
     def env(self, temp_dir: str) -> dict[str, str]:
         """The node's replicas' environment for them; the password goes to a mode-600 file in
-        the node's temp dir (removed with it by `paliserve down`), as on the head."""
-        from serve.tenancy.quotas import PASSWORD_FILE_ENV, URL_ENV
+        the node's temp dir (removed with it by `paliserve down`), as on the head, and the store's
+        certificate beside it."""
+        from serve.tenancy.quotas import CA_FILE_ENV, PASSWORD_FILE_ENV, URL_ENV
         from serve.tenancy.registry import tenants_kv_env
 
         env = tenants_kv_env() if self.tenants else {}
@@ -139,6 +142,9 @@ class HeadServices:
             with os.fdopen(fd, "w") as f:
                 f.write(self.quota_password or "")
             env.update({URL_ENV: self.quota_url, PASSWORD_FILE_ENV: path})
+            if self.quota_ca:
+                env[CA_FILE_ENV] = os.path.join(temp_dir, QUOTA_CA_FILE)
+                Path(env[CA_FILE_ENV]).write_text(self.quota_ca)
         return env
 
 
@@ -154,18 +160,30 @@ def head_services(kv) -> HeadServices:
         tenants = kv.get(KV_VERSION_KEY) is not None
     except Exception as exc:  # Ray's own words, never the value
         raise JoinRefused(f"could not read the head's quota store and tenants from its GCS: {type(exc).__name__}: {exc}") from None
-    return HeadServices(store.get("url"), store.get("password"), tenants)
+    return HeadServices(store.get("url"), store.get("password"), tenants, store.get("ca"))
 
 
-def check_quota_store(url: str, timeout_s: float = 5) -> None:
-    """Refuse to join when the head's quota store cannot be reached from here: this node's
-    replicas would answer 503 to every request of a tenant with limits."""
+def check_quota_store(url: str, ca: str | None = None, timeout_s: float = 5) -> None:
+    """Refuse to join when the head's quota store cannot be reached from here (nor, over TLS,
+    shown to be the head's by the certificate `ca`, PEM): this node's replicas would answer 503 to
+    every request of a tenant with limits."""
+    import ssl
+    import tempfile
     from urllib.parse import urlsplit
+
+    from serve.store_tls import client_context
 
     where = urlsplit(url)
     try:
-        with socket.create_connection((where.hostname, where.port), timeout=timeout_s):
-            pass
+        with socket.create_connection((where.hostname, where.port), timeout=timeout_s) as raw:
+            if where.scheme == "rediss":
+                with tempfile.NamedTemporaryFile("w", suffix=".crt") as ca_file:
+                    ca_file.write(ca or "")
+                    ca_file.flush()
+                    client_context(ca_file.name).wrap_socket(raw, server_hostname=where.hostname).close()
+    except ssl.SSLError as exc:
+        raise JoinRefused(f"the quota store at {where.hostname}:{where.port} is not the head's: its TLS certificate "
+                          f"does not match the one the head published ({exc.reason or exc})") from None  # fmt: skip
     except OSError as exc:
         raise JoinRefused(f"cannot reach the head's quota store at {where.hostname}:{where.port} "
                           f"({exc.strerror or exc}): its tenants' limits need it on every node; open that port "

@@ -6,7 +6,8 @@ store. It listens on a port chosen here, with a password drawn here (config and 
 mode 0600 in a directory it owns, inside the cluster's temp dir), keeps no data on disk (quota
 windows are a minute long: a restarted store starts them empty), and is stopped by the PID it
 was started with, after checking that PID still runs this config. The other nodes learn its
-address and password from the cluster's GCS (serve/cluster_kv.py).
+address, password and certificate from the cluster's GCS (serve/cluster_kv.py). When other
+machines reach it, it serves TLS only (serve/store_tls.py), to the head's own replicas too.
 """
 
 from __future__ import annotations
@@ -36,10 +37,17 @@ def find_redis_server() -> str | None:
 class RedisInfo(ServiceInfo):
     CONFIG_NAME = CONFIG_NAME
     host: str = LOOPBACK  # the address the other nodes reach it at (it listens on 127.0.0.1 too)
+    tls: bool = False  # TLS only, with the certificate in data_dir (when host is not loopback)
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/0"
+
+    @property
+    def ca_file(self) -> str | None:
+        from serve.store_tls import CERT_NAME
+
+        return str(Path(self.data_dir) / CERT_NAME) if self.tls else None
 
     @property
     def password_file(self) -> str:
@@ -47,9 +55,9 @@ class RedisInfo(ServiceInfo):
 
     def env(self) -> dict[str, str]:
         """What a gateway needs to reach this store (serve/tenancy/quotas.py reads it)."""
-        from serve.tenancy.quotas import PASSWORD_FILE_ENV, URL_ENV
+        from serve.tenancy.quotas import CA_FILE_ENV, PASSWORD_FILE_ENV, URL_ENV
 
-        return {URL_ENV: self.url, PASSWORD_FILE_ENV: self.password_file}
+        return {URL_ENV: self.url, PASSWORD_FILE_ENV: self.password_file, **({CA_FILE_ENV: self.ca_file} if self.tls else {})}
 
     def publish(self, kv) -> None:
         """Tell the cluster's other nodes (`paliserve join`) where this store is and its password,
@@ -57,7 +65,8 @@ class RedisInfo(ServiceInfo):
         from serve.cluster_kv import QUOTA_STORE_KEY
 
         password = Path(self.password_file).read_text().strip()
-        kv.put(QUOTA_STORE_KEY, json.dumps({"url": self.url, "password": password}).encode())
+        ca = Path(self.ca_file).read_text() if self.tls else None
+        kv.put(QUOTA_STORE_KEY, json.dumps({"url": self.url, "password": password, "ca": ca}).encode())
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -92,13 +101,22 @@ class LocalRedis:
         # Every client authenticates (requirepass, 256 random bits): on the head's address too,
         # where the other nodes' replicas connect. Protected mode stays on; with a password set it
         # refuses nobody, and it would refuse remote clients if the password were ever missing.
-        # The traffic is not encrypted, as Ray's own between the nodes is not.
+        # Reached from other machines, it serves TLS only (the password and counters cross the
+        # network), with a certificate for both its addresses; clients need not present one.
+        tls = self.host != LOOPBACK
+        listen = [f"port {self.port}"]
+        if tls:
+            from serve.store_tls import self_signed
+
+            files = self_signed(str(data), bind_addresses(self.host))
+            listen = ["port 0", f"tls-port {self.port}", f"tls-cert-file {files.cert}", f"tls-key-file {files.key}",
+                      f"tls-ca-cert-file {files.cert}", "tls-auth-clients no"]  # fmt: skip
         _write_private(data / CONFIG_NAME, "\n".join([
-            f"bind {' '.join(bind_addresses(self.host))}", "protected-mode yes", f"port {self.port}", f"dir {data}",
+            f"bind {' '.join(bind_addresses(self.host))}", "protected-mode yes", *listen, f"dir {data}",
             f"requirepass {password}", 'save ""', "appendonly no", "daemonize no",
             f"logfile {data / 'redis.log'}", "maxmemory-policy noeviction",
         ]) + "\n")  # fmt: skip
-        self.info = RedisInfo(0, self.port, str(data), str(data / "redis.log"), self.host)
+        self.info = RedisInfo(0, self.port, str(data), str(data / "redis.log"), self.host, tls)
         return self.info
 
     def start(self, timeout_s: float = 15) -> RedisInfo:
@@ -122,17 +140,21 @@ def start_redis(binary: str, info: RedisInfo, timeout_s: float = 15) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with {proc.returncode}: {_last_line(info.log_file)}")
-        if _answers(info.port):
+        if _answers(info.port, info.ca_file):
             return proc.pid
         time.sleep(0.05)
     proc.kill()
     raise TimeoutError(f"redis-server not ready within {timeout_s}s: {_last_line(info.log_file)}")
 
 
-def _answers(port: int) -> bool:
-    """The server accepts a connection and replies to a command (NOAUTH counts: it is up)."""
+def _answers(port: int, ca_file: str | None = None) -> bool:
+    """The server accepts a connection (over TLS with `ca_file`) and replies to a command
+    (NOAUTH counts: it is up)."""
+    from serve.store_tls import client_context
+
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        with socket.create_connection((LOOPBACK, port), timeout=1) as raw:
+            s = client_context(ca_file).wrap_socket(raw, server_hostname=LOOPBACK) if ca_file else raw
             s.sendall(b"PING\r\n")
             return bool(s.recv(64))
     except OSError:

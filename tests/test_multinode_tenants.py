@@ -72,6 +72,7 @@ def test_each_node_holds_an_ingress_replica_and_shares_the_heads_store(cluster):
     assert re.search(rf"quota store \(redis-server, pid \d+\) at {re.escape(HEAD_IP)}:\d+", text), text
     assert "share the head's quota store and live tenants" in cluster["join_output"], cluster["join_output"]
     store = cluster["state"]["quota_store"]
+    assert store["url"] == f"rediss://{HEAD_IP}:{store['port']}/0"  # across machines, over TLS only
     password_file = os.path.join(cluster["node"]["temp_dir"], "quota-store-password")
     assert open(password_file).read().strip() == open(os.path.join(store["data_dir"], "password")).read().strip()
     assert oct(os.stat(password_file).st_mode & 0o777) == "0o600"

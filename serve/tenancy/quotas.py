@@ -54,6 +54,7 @@ MAX_BATCH = 256
 URL_ENV = "PALISERVE_QUOTA_STORE_URL"
 PASSWORD_ENV = "PALISERVE_QUOTA_STORE_PASSWORD"
 PASSWORD_FILE_ENV = "PALISERVE_QUOTA_STORE_PASSWORD_FILE"
+CA_FILE_ENV = "PALISERVE_QUOTA_STORE_CA_FILE"  # the store's certificate, for a rediss:// URL (serve/store_tls.py)
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,8 @@ class QuotaStore:
     restarts is reconnected to by the next call (redis-py reconnects; the scripts, which a new
     server lacks, are loaded again on NOSCRIPT)."""
 
-    def __init__(self, url: str, password: str | None = None, timeout_s: float = STORE_TIMEOUT_S, lease_s: float = 600.0):
+    def __init__(self, url: str, password: str | None = None, timeout_s: float = STORE_TIMEOUT_S, lease_s: float = 600.0,
+                 ca_file: str | None = None):  # fmt: skip
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -233,7 +235,7 @@ class QuotaStore:
             # (reads in `_send` are bounded once per pipeline, not by the socket timeout per reply)
             url, password=password, socket_timeout=SETTLE_TIMEOUT_S, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), health_check_interval=0,
-            max_connections=PIPELINES + 1, timeout=SETTLE_TIMEOUT_S,
+            max_connections=PIPELINES + 1, timeout=SETTLE_TIMEOUT_S, **({"ssl_ca_certs": ca_file} if ca_file else {}),
         )  # fmt: skip
         self.redis = aioredis.Redis(connection_pool=pool)
         self._script = self.redis.register_script(ACQUIRE)
@@ -247,14 +249,15 @@ class QuotaStore:
     @classmethod
     def from_env(cls, **kwargs) -> QuotaStore | None:
         """The store named by `PALISERVE_QUOTA_STORE_URL` (password: `PALISERVE_QUOTA_STORE_PASSWORD`
-        or the file `PALISERVE_QUOTA_STORE_PASSWORD_FILE`), or None when none is configured."""
+        or the file `PALISERVE_QUOTA_STORE_PASSWORD_FILE`; for rediss://, the certificate to trust:
+        `PALISERVE_QUOTA_STORE_CA_FILE`), or None when none is configured."""
         url = os.environ.get(URL_ENV)
         if not url:
             return None
         password = os.environ.get(PASSWORD_ENV)
         if password is None and os.environ.get(PASSWORD_FILE_ENV):
             password = Path(os.environ[PASSWORD_FILE_ENV]).read_text().strip()
-        return cls(url, password, **kwargs)
+        return cls(url, password, ca_file=os.environ.get(CA_FILE_ENV) or None, **kwargs)
 
     def new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
