@@ -12,12 +12,28 @@ Ray's defaults put HAProxy's files under /tmp/haproxy-serve and its stats and me
 on fixed ports; a local cluster gets its own directory and free ports, so clusters side by side
 never share them. (HAProxy binds those two read-only listeners on all interfaces; Ray's template
 has no setting for their address.)
+
+When no ingress replica is up (the only replica's engine died and Serve is replacing it, or the
+application is still starting), HAProxy sends requests to its `backup` server, Serve's Python
+proxy on the head node ("fallback proxy"), which would hold each until a replica serves (~45 s
+for a new engine here). `NoReplicaAnswer`, installed in that proxy only through Ray's
+`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, lets a request wait there at most
+`FALLBACK_WAIT_S` for its response to start, then answers 503 with `Retry-After` in OpenAI's
+error format (the request is cancelled in Serve). The wait keeps Serve's scale-from-zero path
+(the fallback proxy's queued requests are what scales a deployment up from 0 replicas).
+HAProxy's own 502/503/504 stay Ray's plain 500 (`errorfile` lines of Ray's template, written by
+`HAProxyManager._initialize_directories_and_error_files`, not configurable); with the fallback
+proxy up, HAProxy has a server to send to and does not answer one itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
+
+from serve.errors import error_body
 
 logger = logging.getLogger("paliserve.ingress")
 
@@ -29,6 +45,11 @@ HAPROXY_MODE = {
     "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
 }
 LOCAL_DRAIN_NOTICE_S = 3
+# A request at Serve's fallback proxy (no ingress replica up) waits this long for its response to
+# start, then gets a 503 telling it to retry after NO_REPLICA_RETRY_S
+FALLBACK_WAIT_S = 2.0
+NO_REPLICA_RETRY_S = 3
+FALLBACK_CALLBACK = "serve.ingress:fallback_proxy_middlewares"
 
 
 def haproxy_binary() -> str | None:
@@ -62,8 +83,67 @@ def haproxy_env(cluster_dir: str, free_port) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        # the fallback proxy answers 503 + Retry-After instead of holding requests (NoReplicaAnswer)
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": FALLBACK_CALLBACK,
         # A stopping ingress replica fails HAProxy's health checks for this long before it closes
         # (requests in flight still finish): Ray's 30 s suits HAProxies on other nodes; on one
         # node HAProxy checks every 250 ms once a check fails.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAIN_NOTICE_S),
     }
+
+
+class NoReplicaAnswer:
+    """ASGI middleware of Serve's fallback proxy: a request whose response has not started within
+    `wait_s` (no ingress replica took it) is cancelled in Serve and answered 503 + Retry-After.
+    Serve's own routes (`/-/healthz`, HAProxy's check of this backup server) pass through."""
+
+    def __init__(self, app, wait_s: float = FALLBACK_WAIT_S, retry_s: int = NO_REPLICA_RETRY_S):
+        self.app, self.wait_s, self.retry_s = app, wait_s, retry_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path", "").startswith("/-/"):
+            return await self.app(scope, receive, send)
+        started = asyncio.Event()
+        answered = False
+
+        async def forward(message):
+            if answered:  # the 503 went out: what the cancelled proxy still sends is dropped
+                return
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        serving = asyncio.ensure_future(self.app(scope, receive, forward))
+        waiting = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait({serving, waiting}, timeout=self.wait_s, return_when=asyncio.FIRST_COMPLETED)
+            if not started.is_set() and not serving.done():
+                answered = True
+                serving.cancel()
+                await self._unavailable(send)
+            await asyncio.gather(serving, return_exceptions=answered)
+        finally:
+            waiting.cancel()
+            if not serving.done():  # this request was cancelled (the client went away)
+                serving.cancel()
+
+    async def _unavailable(self, send) -> None:
+        body = json.dumps(error_body(
+            "No replica is serving this model right now (it is being replaced or started). Retry shortly.",
+            "server_error", None, "engine_unavailable")).encode()  # fmt: skip
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"retry-after", str(self.retry_s).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def fallback_proxy_middlewares() -> list:
+    """Ray's RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH hook, called by every HTTP server Serve
+    starts (proxies and direct-ingress replicas): NoReplicaAnswer in the head node's fallback
+    proxy (actor `SERVE_PROXY_ACTOR-fallback-<node id>`), nothing elsewhere."""
+    import ray
+    from ray.serve._private.constants import SERVE_PROXY_NAME
+    from starlette.middleware import Middleware
+
+    name = ray.get_runtime_context().get_actor_name() or ""
+    return [Middleware(NoReplicaAnswer)] if name.startswith(f"{SERVE_PROXY_NAME}-fallback-") else []

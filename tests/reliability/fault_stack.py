@@ -136,6 +136,9 @@ class Figures:
     open_at_stop: int | None = None
     after: Outcome | None = None
     last_failure_s: float | None = None  # from the fault to the start of the last failed request
+    first_failure_s: float | None = None  # from the fault to the answer of the first failed request
+    slowest_failure_s: float | None = None  # the longest a failed request waited for its answer
+    slowest_s: float | None = None  # the longest any request sent after the fault waited for its answer
 
     @classmethod
     def of(cls, scenario: str, outcomes: list[Outcome], recovery_s: float | None, notes: str = "") -> Figures:
@@ -361,10 +364,17 @@ def kill_engine_process_under_load(stack: FaultStack, scenario: str, clients: in
     outcomes = sorted((o for t in traffics for o in t.snapshot()), key=lambda o: o.start)
     failed = [o for o in outcomes if not o.ok]
     last = max((o.start for o in failed), default=killed_at) - killed_at
+    first = min((o.end for o in failed), default=killed_at) - killed_at
+    slowest = max((o.end - o.start for o in failed), default=0.0)
+    held = max((o.end - o.start for o in outcomes if o.start >= killed_at), default=0.0)
     figures = Figures.of(scenario, outcomes, recovery_after(outcomes, killed_at),
+                         f"first failure answered {first:.1f} s after the kill, slowest in {slowest:.1f} s; "
+                         f"slowest request sent after the kill answered in {held:.1f} s; "
                          f"last failure began {last:.1f} s after the kill; replica stopped after {stopped_s:.1f} s, "
                          f"replaced in {back_s:.1f} s")  # fmt: skip
-    figures.last_failure_s = last if failed else None
+    if failed:
+        figures.last_failure_s, figures.first_failure_s, figures.slowest_failure_s = last, first, slowest
+    figures.slowest_s = held
     return figures
 
 
