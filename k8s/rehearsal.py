@@ -12,8 +12,17 @@ Every pod shares this one host, so the rehearsal localises what a pod owns alone
 pod paths live under a root directory (a path already under the root is kept: the tiny model's,
 which the Serve config names); Ray's fixed ports (GCS, dashboard, agent, metrics, client) get a
 free port each; addresses are loopback (`0.0.0.0` and the pod IP); `/tmp` (Ray's session and
-HAProxy's files) is the pod's own directory. The KubeRay autoscaler sidecar, probes and the
-Kubernetes Services are not rehearsed (no API server runs here).
+HAProxy's files) is the pod's own directory. Every pod's Serve ingress listens on `podIP:<serve
+port>` in Kubernetes; here the head's proxy holds the Serve config's port on 127.0.0.1 and each
+worker pod's proxy a free port of its own (`RAY_SERVE_WORKER_PROXY_HTTP_PORT`, Serve's per-node
+port, as `paliserve join` gives a node): `127.0.0.1:<the pod's own port>` stands in for
+`<pod IP>:<serve port>` (`Pod.serve_url`). A container runs under a small init of its own
+(k8s/pod_init.py, standing in for its PID namespace): every process the container leaves behind is
+reparented to it, and when the container's command exits it SIGKILLs them all, by PID, as the
+kernel does when a PID namespace's init exits. The serve Service is rehearsed by its endpoints only
+(`Rehearsal.serve_endpoints`: the pods it selects, ready as KubeRay's probe checks them); the
+KubeRay autoscaler sidecar, the probes' effects (restarts) and the other Services are not (no API
+server runs here).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import httpx
 import psutil
 import yaml
 
+from k8s.pod_init import ENDED
 from serve.cluster import stop_process_tree
 
 HEAD, WORKER = "head", "worker"
@@ -47,6 +57,8 @@ WORKER_GCS_RECONNECT_TIMEOUT_S = "600"  # utils.DefaultWorkerRayGcsReconnectTime
 SERVE_DEPLOY_PATH = "/api/serve/applications/"  # dashboardclient.DeployPathV2
 BOOLEAN_EXCEPTIONS = ("log-color", "include-dashboard")  # take true/false as a value
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
+POD_INIT = str(Path(__file__).with_name("pod_init.py"))  # a container's PID namespace, here
+PROXY_HEALTH_PATH = "/-/healthz"  # utils.RayServeProxyHealthPath, in KubeRay's readiness probe of RayService workers
 _SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
              "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
@@ -296,6 +308,18 @@ class Pod:
     directory: Path
     ports: dict[int, int]
     process: subprocess.Popen | None = None
+    serve_port: int | None = None  # the local port of this pod's Serve ingress (see the module's docstring)
+    port_holders: list[str] = field(default_factory=list)  # what held the pod's ports at its restarts
+    left_at_end: list[str] = field(default_factory=list)  # what its exited containers left, killed by their init
+
+    @property
+    def local_ports(self) -> set[int]:
+        """The ports the pod's container listens on here (its `ray start` flags', its Serve port's)."""
+        return {int(p) for p in re.findall(r"-port=(\d+)", self.command)} | {self.serve_port}
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.serve_port}"
 
     @property
     def env_temp_dir(self) -> Path:
@@ -368,25 +392,32 @@ class Rehearsal:
         env = resolve_env([*(container.get("env") or []), *added], self.objects, fields)
         env = self.local.env(env)
         self.local.materialise(template, container, self.objects)
-        # the pod's own /tmp (HAProxy's files and ports) and the dashboard's metrics port; every
-        # pod's HAProxy listens on the one serve port (Serve's SO_REUSEPORT setting), as each
-        # would on its own pod IP, and the kernel spreads connections over the live ones, as the
-        # Service does over its endpoints
+        # The pod's own /tmp (HAProxy's files and ports), the dashboard's metrics port and Serve
+        # port: the head's proxy keeps the Serve config's port, a worker's proxy gets a free one
+        # through Serve's per-node setting (`<pod IP>:<serve port>` in Kubernetes; one host here).
+        serve_port = int((self._serve_config().get("http_options") or {}).get("port", 8000))
+        own = {}
+        if node_type == WORKER:
+            serve_port = self.local.free_port()
+            own["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(serve_port)
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-               **haproxy_env(str(directory), self.local.free_port), "SERVE_SOCKET_REUSE_PORT_ENABLED": "1",
+               **haproxy_env(str(directory), self.local.free_port), **own,
                "DASHBOARD_METRIC_PORT": str(self.local.free_port()), **self.extra_env, **env}
         for init in template.get("initContainers") or []:
             self.local.materialise(template, init, self.objects)
             run = subprocess.run(self.local.command(init["command"]), env=env, capture_output=True, text=True)
             if run.returncode:
                 raise RehearsalFailed(f"{pod_name}: init container {init['name']} failed: {run.stderr.strip()[-500:]}")
-        return Pod(pod_name, node_type, group, command, env, directory, ports)
+        return Pod(pod_name, node_type, group, command, env, directory, ports, serve_port=serve_port)
+
+    def _serve_config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.service["spec"]["serveConfigV2"])
 
     def _run(self, pod: Pod, timeout_s: float) -> None:
         from serve.processes import start_service
 
         with open(pod.log_file, "ab") as log:
-            pod.process = start_service(["/bin/bash", "-c", pod.command], log, pod.env)
+            pod.process = start_service([sys.executable, POD_INIT, "/bin/bash", "-c", pod.command], log, pod.env)
         self.pods.append(pod)
         deadline = time.monotonic() + timeout_s
         while "Ray runtime started" not in pod.log_file.read_text(errors="replace"):
@@ -401,7 +432,9 @@ class Rehearsal:
         and again after 10 s, 20 s, ... while it fails (CrashLoopBackOff). Returns the attempts."""
         if pod.process is not None and pod.process.poll() is None:
             raise RehearsalFailed(f"{pod.name}: its container is still running")
-        self._stop_leftovers(pod)  # a container that exits takes every process in it along
+        # its init took every process of the container along (k8s/pod_init.py)
+        pod.left_at_end += [line.split(":", 2)[2].strip() for line in pod.log_file.read_text(errors="replace").splitlines()
+                            if line.startswith(ENDED)]
         self.pods.remove(pod)
         for attempt in range(1, attempts + 1):
             pod.log_file.rename(pod.directory / "container.previous.log")  # `kubectl logs --previous`
@@ -409,6 +442,7 @@ class Rehearsal:
             # by a running process's --gcs-address: here the worker pods' processes, which a pod of
             # its own would not see; the record of the last address goes, the rest of /tmp/ray stays
             (pod.env_temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+            pod.port_holders += self.wait_ports_free(pod)
             try:
                 self._run(pod, timeout_s)
                 break
@@ -428,7 +462,7 @@ class Rehearsal:
 
     def deploy(self, serve_config: dict[str, Any] | None = None, timeout_s: float = 60) -> None:
         """PUT the Serve config (JSON, as the operator converts it) to the head's dashboard."""
-        config = self.local.serve_config(serve_config or yaml.safe_load(self.service["spec"]["serveConfigV2"]))
+        config = self.local.serve_config(serve_config or self._serve_config())
         deadline = time.monotonic() + timeout_s
         while True:  # the dashboard's Serve module answers some seconds after `ray start`
             try:
@@ -469,24 +503,73 @@ class Rehearsal:
             time.sleep(1)
         raise RehearsalFailed(f"not RUNNING within {timeout_s}s: {last}")
 
-    @staticmethod
-    def _stop_leftovers(pod: Pod) -> None:
-        """What left the pod's process tree (HAProxy started anew by a reload, Ray's daemons of an
-        exited `ray start`): named by the pod's directory in their command lines."""
-        for proc in psutil.process_iter(["cmdline"]):
+    def serve_endpoints(self, timeout_s: float = 2) -> list[Pod]:
+        """The pods the serve Service routes to now: not the head where the RayService sets
+        `excludeHeadPodFromServeSvc`, and only ready pods, as KubeRay's readiness probe of a
+        RayService worker checks them (its proxy's `/-/healthz` answering 200)."""
+        exclude_head = bool(self.service["spec"].get("excludeHeadPodFromServeSvc"))
+        ready = []
+        for pod in self.pods:
+            if exclude_head and pod.node_type == HEAD:
+                continue
             try:
-                if str(pod.directory) in " ".join(proc.info["cmdline"] or []):
-                    stop_process_tree(proc.pid)
-            except psutil.NoSuchProcess:
+                if httpx.get(pod.serve_url + PROXY_HEALTH_PATH, timeout=timeout_s).status_code == 200:
+                    ready.append(pod)
+            except httpx.HTTPError:
                 pass
+        return ready
 
-    def stop(self) -> None:
+    @staticmethod
+    def port_holders(pod: Pod) -> list[str]:
+        """Processes listening on the pod's ports on this host: `port pid name`."""
+        held = []
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port in pod.local_ports:
+                try:
+                    held.append(f"{conn.laddr.port} {conn.pid} {psutil.Process(conn.pid).name()}")
+                except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+                    held.append(f"{conn.laddr.port} {conn.pid}")
+        return held
+
+    def wait_ports_free(self, pod: Pod, timeout_s: float = 30) -> list[str]:
+        """Wait until nothing listens on the pod's ports (a pod's network namespace outlives its
+        containers, but only their processes can hold its ports); returns what held them."""
+        first, deadline = self.port_holders(pod), time.monotonic() + timeout_s
+        while self.port_holders(pod) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return first
+
+    def stop(self, keep_logs: Path | None = None) -> None:
+        """Stop every pod at once, as deleting them does (SIGTERM to each container's init, which
+        forwards it to the command, `ray start` drains its node for up to 30 s, then the init kills
+        what is left); with `keep_logs`, each pod's logs are copied there first."""
+        running = [pod for pod in self.pods if pod.process is not None and pod.process.poll() is None]
+        for pod in running:
+            pod.process.terminate()
+        deadline = time.monotonic() + 40
+        for pod in running:
+            try:
+                pod.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         for pod in reversed(self.pods):
-            if pod.process is not None:
-                stop_process_tree(pod.process.pid)
-            self._stop_leftovers(pod)
+            if pod.process is not None and pod.process.poll() is None:
+                stop_process_tree(pod.process.pid, grace_s=5)
+            if keep_logs is not None:
+                self._keep_logs(pod, Path(keep_logs) / pod.name)
             shutil.rmtree(pod.directory, ignore_errors=True)
         self.pods = []
+
+    @staticmethod
+    def _keep_logs(pod: Pod, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for log in pod.directory.glob("container*.log"):
+            shutil.copy2(log, target / log.name)
+        for session in (pod.env_temp_dir).glob("session_2*"):
+            if (session / "logs").is_dir():
+                shutil.copytree(session / "logs", target / session.name, dirs_exist_ok=True,
+                                ignore=lambda d, names: [n for n in names if (Path(d) / n).is_file()
+                                                         and (Path(d) / n).stat().st_size > 2**20])
 
 
 def venv_env() -> dict[str, str]:
