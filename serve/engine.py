@@ -13,6 +13,7 @@ from ray import serve
 from paliserve.spec import DeploymentPlan
 from serve.errors import EngineUnavailable, InvalidRequest, retry_after
 from serve.protocol import EngineChunk, EngineRequest
+from serve.replica_logging import serve_log_kept
 from serve.tenancy.access import Target
 from serve.tenancy.isolation import image_uuid
 from serve.tenancy.metrics import EngineUsageMetrics
@@ -81,10 +82,11 @@ class EngineReplica:
         args = self.plan.engine_args
         self.max_model_len = args.max_model_len
         logger.info("starting vLLM engine for %s with %s", self.plan.name, args.vllm_kwargs())
-        self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**args.vllm_kwargs(), disable_log_stats=False),
-            stat_loggers=[batched_stat_logger()],
-        )
+        with serve_log_kept():  # vLLM's logging set-up closes Serve's replica log (serve/replica_logging.py)
+            self.engine = AsyncLLM.from_engine_args(
+                AsyncEngineArgs(**args.vllm_kwargs(), disable_log_stats=False),
+                stat_loggers=[batched_stat_logger()],
+            )
         self.tokenizer = self.engine.get_tokenizer()
         # Task prompts repeat ("caption en", "detect cat"): count each text's tokens once
         self._text_tokens = functools.lru_cache(maxsize=4096)(

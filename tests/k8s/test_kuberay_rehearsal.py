@@ -13,7 +13,6 @@ create. Ports 31000-31999.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
@@ -28,7 +27,6 @@ from k8s.rehearsal import Rehearsal, free_port_in, venv_env
 from k8s.settings import Settings
 from k8s.sources import load_plan_or_spec
 from paliserve.spec import HttpOptions
-from serve.cluster import stop_process_tree
 from serve.redis_server import LocalRedis, find_redis_server
 from stack_support import chat_body, wait_for
 
@@ -143,17 +141,9 @@ def gcs_server(pod) -> psutil.Process:
     return procs[0]
 
 
-def engine_keeps_serve_log() -> bool:
-    import serve.engine
-
-    return hasattr(serve.engine, "serve_log_kept")
-
-
-# Without it, the restarted Serve controller cannot recover the running replica (its
-# is_allocated() fails on the replica's closed log handler: serve/replica_logging.py), stops it and
-# starts a new one: ~30 s of failures on this one-replica deployment.
-@pytest.mark.skipif(not engine_keeps_serve_log(), reason="until serve/engine.py creates its vLLM engine "
-                    "inside serve.replica_logging.serve_log_kept() (the controller then recovers the replica)")
+# The engine is created inside serve.replica_logging.serve_log_kept(): without it, the restarted
+# Serve controller cannot recover the running replica (its is_allocated() fails on the replica's
+# closed log handler), stops it and starts a new one: ~30 s of failures on this one-replica deployment.
 def test_head_lost_with_gcs_fault_tolerance_keeps_serving(rehearsal):
     """Kill the head pod's gcs_server (by PID) under light load sent to the serve Service (the
     worker pod): `ray start --block` then stops the head container, what is left of it is killed
