@@ -129,8 +129,8 @@ class NoReplicaAnswer:
 
     async def _unavailable(self, send) -> None:
         body = json.dumps(error_body(
-            "No replica is serving this model right now (it is being replaced or started). Retry shortly.",
-            "server_error", None, "engine_unavailable")).encode()  # fmt: skip
+            "No replica is up to serve this request right now (one is being replaced or started). Retry shortly.",
+            "server_error", None, "service_unavailable")).encode()  # fmt: skip
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"retry-after", str(self.retry_s).encode())]  # fmt: skip
         await send({"type": "http.response.start", "status": 503, "headers": headers})

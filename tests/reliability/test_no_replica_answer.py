@@ -61,7 +61,7 @@ def test_a_request_no_replica_takes_is_answered_503_with_retry_after():
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     headers = dict(sent[0]["headers"])
     assert sent[0]["status"] == 503 and headers[b"retry-after"] == b"3"
-    assert json.loads(sent[1]["body"])["error"]["code"] == "engine_unavailable"
+    assert json.loads(sent[1]["body"])["error"]["code"] == "service_unavailable"
     assert int(headers[b"content-length"]) == len(sent[1]["body"])
 
 
