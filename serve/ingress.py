@@ -17,10 +17,13 @@ When no ingress replica is up (the only replica's engine died and Serve is repla
 application is still starting), HAProxy sends requests to its `backup` server, Serve's Python
 proxy on the head node ("fallback proxy"), which would hold each until a replica serves (~45 s
 for a new engine here). `NoReplicaAnswer`, installed in that proxy only through Ray's
-`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, lets a request wait there at most
-`FALLBACK_WAIT_S` for its response to start, then answers 503 with `Retry-After` in OpenAI's
-error format (the request is cancelled in Serve). The wait keeps Serve's scale-from-zero path
-(the fallback proxy's queued requests are what scales a deployment up from 0 replicas).
+`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, lets a request wait there `FALLBACK_WAIT_S` for
+its response to start; if it has not, and Serve reports a deployment with no RUNNING replica
+while one is starting or stopping, it answers 503 with `Retry-After` in OpenAI's error format
+(the request is cancelled in Serve). Otherwise the request keeps waiting: a replica took it
+(HAProxy may send to this backup server before it marks a new application's replica up), or
+the deployment is scaled to zero, where the fallback proxy's queued requests are what scale it
+up (Serve's scale-from-zero path).
 HAProxy's own 502/503/504 stay Ray's plain 500 (`errorfile` lines of Ray's template, written by
 `HAProxyManager._initialize_directories_and_error_files`, not configurable); with the fallback
 proxy up, HAProxy has a server to send to and does not answer one itself.
@@ -92,13 +95,32 @@ def haproxy_env(cluster_dir: str, free_port) -> dict[str, str]:
     }
 
 
+async def replicas_missing() -> bool:
+    """Whether Serve has a deployment with no RUNNING replica while one is starting or stopping
+    (being replaced, or the application starting); also when Serve cannot be asked."""
+    from ray import serve
+
+    try:
+        status = await asyncio.to_thread(serve.status)
+    except Exception:
+        logger.warning("Serve's status unavailable", exc_info=True)
+        return True
+    for app in status.applications.values():
+        for deployment in app.deployments.values():
+            states = {str(getattr(s, "value", s)): n for s, n in deployment.replica_states.items() if n}
+            if states and not states.get("RUNNING"):
+                return True
+    return False
+
+
 class NoReplicaAnswer:
     """ASGI middleware of Serve's fallback proxy: a request whose response has not started within
-    `wait_s` (no ingress replica took it) is cancelled in Serve and answered 503 + Retry-After.
-    Serve's own routes (`/-/healthz`, HAProxy's check of this backup server) pass through."""
+    `wait_s`, while `missing()` says a deployment has no replica up, is cancelled in Serve and
+    answered 503 + Retry-After. Serve's own routes (`/-/healthz`, HAProxy's check of this backup
+    server) pass through."""
 
-    def __init__(self, app, wait_s: float = FALLBACK_WAIT_S, retry_s: int = NO_REPLICA_RETRY_S):
-        self.app, self.wait_s, self.retry_s = app, wait_s, retry_s
+    def __init__(self, app, wait_s: float = FALLBACK_WAIT_S, retry_s: int = NO_REPLICA_RETRY_S, missing=replicas_missing):
+        self.app, self.wait_s, self.retry_s, self.missing = app, wait_s, retry_s, missing
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("path", "").startswith("/-/"):
@@ -117,7 +139,7 @@ class NoReplicaAnswer:
         waiting = asyncio.ensure_future(started.wait())
         try:
             await asyncio.wait({serving, waiting}, timeout=self.wait_s, return_when=asyncio.FIRST_COMPLETED)
-            if not started.is_set() and not serving.done():
+            if not started.is_set() and not serving.done() and await self.missing() and not started.is_set():
                 answered = True
                 serving.cancel()
                 await self._unavailable(send)

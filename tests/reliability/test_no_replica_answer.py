@@ -1,7 +1,8 @@
 """NoReplicaAnswer (serve/ingress.py), the middleware of Serve's fallback proxy, on fake ASGI
-apps: a response that starts in time passes through, one that does not becomes a 503 with
-Retry-After and the proxy's request is cancelled, Serve's own routes are never cut, and only the
-fallback proxy's callback installs it. The whole path is measured in test_faults.py."""
+apps: a response that starts in time passes through, one that does not while a deployment has
+no replica up becomes a 503 with Retry-After and the proxy's request is cancelled, one that does
+not while every deployment has a replica up waits on, Serve's own routes are never cut, and only
+the fallback proxy's callback installs it. The whole path is measured in test_faults.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from serve.ingress import FALLBACK_CALLBACK, NoReplicaAnswer, fallback_proxy_middlewares, haproxy_binary, haproxy_env
 
 
-def _run(app, path: str = "/v1/chat/completions", wait_s: float = 0.2):
+def _run(app, path: str = "/v1/chat/completions", wait_s: float = 0.2, missing: bool = True):
     sent: list[dict] = []
 
     async def receive():
@@ -24,9 +25,13 @@ def _run(app, path: str = "/v1/chat/completions", wait_s: float = 0.2):
     async def send(message):
         sent.append(message)
 
+    async def replicas_missing():
+        return missing
+
     async def main():
         start = time.monotonic()
-        await NoReplicaAnswer(app, wait_s=wait_s, retry_s=3)({"type": "http", "path": path}, receive, send)
+        middleware = NoReplicaAnswer(app, wait_s=wait_s, retry_s=3, missing=replicas_missing)
+        await middleware({"type": "http", "path": path}, receive, send)
         return time.monotonic() - start
 
     return asyncio.run(main()), sent
@@ -63,6 +68,14 @@ def test_a_request_no_replica_takes_is_answered_503_with_retry_after():
     assert sent[0]["status"] == 503 and headers[b"retry-after"] == b"3"
     assert json.loads(sent[1]["body"])["error"]["code"] == "service_unavailable"
     assert int(headers[b"content-length"]) == len(sent[1]["body"])
+
+
+def test_a_request_waits_on_while_every_deployment_has_a_replica_up():
+    """A replica took it (HAProxy sent it here before marking a new replica up), or the
+    deployment is scaled to zero and this request is what scales it up."""
+    events: list[str] = []
+    elapsed, sent = _run(_slow_app(0.6, events), missing=False)
+    assert events == ["done"] and sent[0]["status"] == 200 and elapsed >= 0.6
 
 
 def test_serve_routes_are_never_cut():
