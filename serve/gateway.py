@@ -29,6 +29,7 @@ from serve.engine import EngineReplica, engine_dead
 from serve.images import decode_image
 from serve.local_engine import InProcessEngine
 from serve.remote_images import fetch_image, is_remote
+from serve.replica_states import DeploymentWatch
 from serve.protocol import EngineChunk, EngineRequest
 from serve.tenancy.access import ADAPTER_SEPARATOR, Target
 from serve.tenancy.admission import Tenancy, TenancyConfig, Ticket
@@ -59,6 +60,11 @@ from serve.schemas import (
 
 logger = logging.getLogger("paliserve.gateway")
 INLINE_DECODE_BYTES = 64 * 1024  # larger images are decoded on a worker thread
+# An engine call not answered (its first chunk, for a stream) within this asks whether the engine
+# deployment has a replica up: Serve's router holds a call to a deployment with none until a new
+# replica serves (a minute for an engine), so such a call is answered 503 + Retry-After instead
+ENGINE_WAIT_S = 2.0
+ENGINE_RETRY_S = 3
 TASK_DEFAULT_MAX_TOKENS = 128
 ESTIMATED_OUTPUT_TOKENS = 64  # fair-queue charge when max_tokens is unset; corrected at the end
 
@@ -299,6 +305,7 @@ class Gateway:
         self.tenancy = Tenancy(config, quotas)
         self.tenant_feed = TenantFeed(self.tenancy)  # the tenant set: user_config, then the tenants directory
         self.created = int(time.time())
+        self.engine_watch = DeploymentWatch()
 
     async def reconfigure(self, config: dict) -> None:
         """Serve's `user_config` hook: the plan's tenants, applied in place (no restart)."""
@@ -327,10 +334,31 @@ class Gateway:
             return await asyncio.to_thread(decode_image, url, self.settings, param)
         return decode_image(url, self.settings, param)
 
+    async def _answer(self, awaitable, target: Target, timeout_s: float, wait_s: float = ENGINE_WAIT_S):
+        """`awaitable`'s result within `timeout_s`; EngineUnavailable after `wait_s` when the
+        target's engine deployment has no replica up (the call would wait for a new one)."""
+        task = asyncio.ensure_future(awaitable)
+        started = time.monotonic()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=min(wait_s, timeout_s))
+            if done:
+                return task.result()
+            if await self.engine_watch.missing(self.engines[target.model]):
+                task.cancel()
+                raise EngineUnavailable(
+                    "No engine replica of this model is up; a new one is starting. Retry shortly.",
+                    code="engine_unavailable",
+                    headers=retry_after(ENGINE_RETRY_S),
+                )
+            return await asyncio.wait_for(task, max(0.0, timeout_s - (time.monotonic() - started)))
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
     async def _complete(self, ticket: Ticket, request: EngineRequest) -> EngineChunk:
         response = self._engine(ticket.target).complete.remote(request)
         try:
-            chunk = await asyncio.wait_for(response, self.settings.request_timeout_s)
+            chunk = await self._answer(response, ticket.target, self.settings.request_timeout_s)
         except asyncio.CancelledError:  # the client went away
             ticket.finish(499)
             raise
@@ -475,8 +503,8 @@ class Gateway:
         async def next_chunk() -> EngineChunk:
             return await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
 
-        try:
-            first = await next_chunk()  # errors before the first token become a 4xx, not a broken stream
+        try:  # errors before the first token become a 4xx, not a broken stream
+            first = await self._answer(stream.__anext__(), ticket.target, self.settings.request_timeout_s)
             ticket.first_token_seen()
         except StopAsyncIteration:
             first = None

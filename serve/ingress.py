@@ -37,6 +37,7 @@ import logging
 import os
 
 from serve.errors import error_body
+from serve.replica_states import replicas_missing
 
 logger = logging.getLogger("paliserve.ingress")
 
@@ -93,24 +94,6 @@ def haproxy_env(cluster_dir: str, free_port) -> dict[str, str]:
         # node HAProxy checks every 250 ms once a check fails.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAIN_NOTICE_S),
     }
-
-
-async def replicas_missing() -> bool:
-    """Whether Serve has a deployment with no RUNNING replica while one is starting or stopping
-    (being replaced, or the application starting); also when Serve cannot be asked."""
-    from ray import serve
-
-    try:
-        status = await asyncio.to_thread(serve.status)
-    except Exception:
-        logger.warning("Serve's status unavailable", exc_info=True)
-        return True
-    for app in status.applications.values():
-        for deployment in app.deployments.values():
-            states = {str(getattr(s, "value", s)): n for s, n in deployment.replica_states.items() if n}
-            if states and not states.get("RUNNING"):
-                return True
-    return False
 
 
 class NoReplicaAnswer:
