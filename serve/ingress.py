@@ -41,19 +41,21 @@ from serve.replica_states import replicas_missing
 
 logger = logging.getLogger("paliserve.ingress")
 
-HAPROXY_MODE = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    # Check each replica every second while it is up (Ray's default: 5 s); a replica whose
-    # engine died fails its check at Serve's next health check (2 s, serve/engine.py), so
-    # HAProxy stops sending it requests within about 3 s (tests/reliability/test_faults.py).
-    "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
-}
 LOCAL_DRAIN_NOTICE_S = 3
 # A request at Serve's fallback proxy (no ingress replica up) waits this long for its response to
 # start, then gets a 503 telling it to retry after NO_REPLICA_RETRY_S
 FALLBACK_WAIT_S = 2.0
 NO_REPLICA_RETRY_S = 3
 FALLBACK_CALLBACK = "serve.ingress:fallback_proxy_middlewares"
+HAPROXY_MODE = {  # local clusters and the RayService's containers alike
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Check each replica every second while it is up (Ray's default: 5 s); a replica whose
+    # engine died fails its check at Serve's next health check (2 s, serve/engine.py), so
+    # HAProxy stops sending it requests within about 3 s (tests/reliability/test_faults.py).
+    "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
+    # the fallback proxy answers 503 + Retry-After instead of holding requests (NoReplicaAnswer)
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": FALLBACK_CALLBACK,
+}
 
 
 def haproxy_binary() -> str | None:
@@ -87,8 +89,6 @@ def haproxy_env(cluster_dir: str, free_port) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        # the fallback proxy answers 503 + Retry-After instead of holding requests (NoReplicaAnswer)
-        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": FALLBACK_CALLBACK,
         # A stopping ingress replica fails HAProxy's health checks for this long before it closes
         # (requests in flight still finish): Ray's 30 s suits HAProxies on other nodes; on one
         # node HAProxy checks every 250 ms once a check fails.
