@@ -168,7 +168,6 @@ def check_quota_store(url: str, ca: str | None = None, timeout_s: float = 5) -> 
     shown to be the head's by the certificate `ca`, PEM): this node's replicas would answer 503 to
     every request of a tenant with limits."""
     import ssl
-    import tempfile
     from urllib.parse import urlsplit
 
     from serve.store_tls import client_context
@@ -177,10 +176,7 @@ def check_quota_store(url: str, ca: str | None = None, timeout_s: float = 5) -> 
     try:
         with socket.create_connection((where.hostname, where.port), timeout=timeout_s) as raw:
             if where.scheme == "rediss":
-                with tempfile.NamedTemporaryFile("w", suffix=".crt") as ca_file:
-                    ca_file.write(ca or "")
-                    ca_file.flush()
-                    client_context(ca_file.name).wrap_socket(raw, server_hostname=where.hostname).close()
+                client_context(ca_pem=ca).wrap_socket(raw, server_hostname=where.hostname).close()
     except ssl.SSLError as exc:
         raise JoinRefused(f"the quota store at {where.hostname}:{where.port} is not the head's: its TLS certificate "
                           f"does not match the one the head published ({exc.reason or exc})") from None  # fmt: skip

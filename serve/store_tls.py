@@ -57,10 +57,11 @@ def self_signed(directory: str, addresses: list[str]) -> TlsFiles:
     return files
 
 
-def client_context(ca_file: str):
-    """An SSL context that trusts only the store's certificate and checks its address."""
+def client_context(ca_file: str | None = None, ca_pem: str | None = None):
+    """An SSL context that trusts only the store's certificate (a file, or its PEM text) and
+    checks its address."""
     import ssl
 
-    context = ssl.create_default_context(cafile=ca_file)
+    context = ssl.create_default_context(cafile=ca_file, cadata=ca_pem)
     context.check_hostname = True
     return context
