@@ -504,7 +504,7 @@ class Gateway:
             return await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
 
         try:  # errors before the first token become a 4xx, not a broken stream
-            first = await self._answer(stream.__anext__(), ticket.target, self.settings.request_timeout_s)
+            first = await self._answer(stream.__anext__(), ticket.target, max(0.0, deadline - time.monotonic()))
             ticket.first_token_seen()
         except StopAsyncIteration:
             first = None

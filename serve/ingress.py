@@ -37,7 +37,7 @@ import logging
 import os
 
 from serve.errors import error_body
-from serve.replica_states import replicas_missing
+from serve.replica_states import DeploymentWatch
 
 logger = logging.getLogger("paliserve.ingress")
 
@@ -102,8 +102,9 @@ class NoReplicaAnswer:
     answered 503 + Retry-After. Serve's own routes (`/-/healthz`, HAProxy's check of this backup
     server) pass through."""
 
-    def __init__(self, app, wait_s: float = FALLBACK_WAIT_S, retry_s: int = NO_REPLICA_RETRY_S, missing=replicas_missing):
-        self.app, self.wait_s, self.retry_s, self.missing = app, wait_s, retry_s, missing
+    def __init__(self, app, wait_s: float = FALLBACK_WAIT_S, retry_s: int = NO_REPLICA_RETRY_S, missing=None):
+        self.app, self.wait_s, self.retry_s = app, wait_s, retry_s
+        self.missing = missing or DeploymentWatch().any_missing  # one Serve status a second for every waiting request
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("path", "").startswith("/-/"):

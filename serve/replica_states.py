@@ -41,21 +41,31 @@ async def replicas_missing(app: str | None = None, deployment: str | None = None
 
 
 class DeploymentWatch:
-    """`missing(handle)` for Serve deployment handles: the answer of one `serve.status()` call
-    shared by every caller for `CACHE_S` (a burst of waiting requests asks once)."""
+    """`replicas_missing`, with the answer of one `serve.status()` call shared by every caller
+    for `CACHE_S` (a burst of waiting requests asks once): `missing(handle)` for the deployment
+    behind a Serve handle (a gateway's engine), `any_missing()` for every deployment (the
+    fallback proxy, which does not know the request's deployment)."""
 
     def __init__(self, ask=replicas_missing, cache_s: float = CACHE_S):
         self.ask = ask
         self.cache_s = cache_s
-        self._answers: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
+        self._answers: dict[tuple, tuple[float, asyncio.Future]] = {}
 
     async def missing(self, handle) -> bool:
-        key = (getattr(handle, "app_name", None), getattr(handle, "deployment_name", None))
-        if key[1] is None:  # not a Serve handle (an in-process engine): nothing to wait for
+        """No replica up behind `handle`; False when it cannot be told (a call waits on, as before)."""
+        app, deployment = getattr(handle, "app_name", None), getattr(handle, "deployment_name", None)
+        if deployment is None:  # not a Serve handle (an in-process engine): nothing to wait for
             return False
-        now = time.monotonic()
+        return await self._cached(app=app, deployment=deployment, unknown=False)
+
+    async def any_missing(self) -> bool:
+        """A deployment with no replica up; True when Serve cannot be asked."""
+        return await self._cached(app=None, deployment=None, unknown=True)
+
+    async def _cached(self, **question) -> bool:
+        key, now = tuple(question.values()), time.monotonic()
         asked = self._answers.get(key)
         if asked is None or now - asked[0] > self.cache_s:
-            asked = (now, asyncio.ensure_future(self.ask(app=key[0], deployment=key[1], unknown=False)))
+            asked = (now, asyncio.ensure_future(self.ask(**question)))
             self._answers[key] = asked
         return await asyncio.shield(asked[1])

@@ -41,6 +41,17 @@ def test_a_burst_of_waiting_requests_asks_serve_once_per_interval():
     assert ask.calls == [{"app": "paliserve", "deployment": "tiny-paligemma", "unknown": False}] * 2
 
 
+def test_the_fallback_proxys_question_is_shared_too():
+    ask = Ask(False)
+    watch = DeploymentWatch(ask)
+
+    async def scenario():
+        return await asyncio.gather(*(watch.any_missing() for _ in range(50)))
+
+    assert not any(asyncio.run(scenario()))
+    assert ask.calls == [{"app": None, "deployment": None, "unknown": True}]
+
+
 def test_an_in_process_engine_is_never_asked_about():
     ask = Ask(True)
     assert asyncio.run(DeploymentWatch(ask).missing(object())) is False and not ask.calls
