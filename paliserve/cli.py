@@ -213,11 +213,11 @@ def up(
     cluster = LocalCluster(
         http_port=port,
         num_gpus=num_gpus,
-        dashboard=metrics_server is not None,
+        metrics_targets=metrics_server is not None,
         node_ip=node_ip_address,
         http_host=host,
         token_file=str(token_file) if token_file else None,
-        # where the Serve controller's autoscaling policy (and Ray's dashboard) find Prometheus
+        # where the Serve controller's autoscaling policy finds Prometheus
         env={**_startup_retry_env(), **({"RAY_PROMETHEUS_HOST": metrics_server.url} if metrics_server else {})},
     )
     try:

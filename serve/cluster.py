@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from serve.ingress import haproxy_env
-from serve.processes import start_service
+from serve.processes import start_service, stop_service
 from serve.prometheus import PrometheusInfo
 from serve.redis_server import RedisInfo
 
@@ -75,6 +75,7 @@ class ClusterInfo:
     log_file: str
     auth_token_path: str = ""  # Ray token authentication: drivers need this file to connect
     node_ip: str = "127.0.0.1"  # the head's address, which other machines join (`paliserve join`)
+    metrics_targets_pid: int = 0  # serve.metrics_targets, writing Prometheus's list of Ray's metric endpoints
 
     @property
     def address(self) -> str:
@@ -97,6 +98,7 @@ class LocalCluster:
         temp_dir: str | None = None,
         env: dict[str, str] | None = None,
         dashboard: bool = False,
+        metrics_targets: bool = False,
         node_ip: str = "127.0.0.1",
         http_host: str = "127.0.0.1",
         token_file: str | None = None,
@@ -109,8 +111,10 @@ class LocalCluster:
         self.num_gpus = num_gpus
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="paliserve-", dir="/tmp")  # short: see serve/ingress.py
         self.env = env or {}
-        # Ray's dashboard writes the Prometheus service-discovery file; without it there is none.
-        self.dashboard = dashboard
+        self.dashboard = dashboard  # Ray's dashboard (its web UI and REST API)
+        # Prometheus's service-discovery file, which Ray writes only from its dashboard: written by
+        # serve.metrics_targets instead (unless the dashboard runs), without the dashboard's processes
+        self.metrics_targets = metrics_targets
         self.info: ClusterInfo | None = None
 
     def start(self, timeout_s: float = 90) -> ClusterInfo:
@@ -142,7 +146,15 @@ class LocalCluster:
             proc = start_service(cmd, log, env)
         self.info = ClusterInfo(proc.pid, gcs_port, self.http_port, metrics_port, self.temp_dir, log_file, token_path, self.node_ip)
         self._wait_for_gcs(proc, timeout_s)
+        if self.metrics_targets and not self.dashboard:
+            self.info.metrics_targets_pid = self._start_metrics_targets(env).pid
         return self.info
+
+    def _start_metrics_targets(self, env: dict[str, str]) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "serve.metrics_targets", f"--gcs-address={self.info.address}",
+               f"--temp-dir={self.temp_dir}", f"--watch-pid={self.info.pid}"]  # fmt: skip
+        with open(os.path.join(self.temp_dir, "metrics-targets.log"), "ab") as log:
+            return start_service(cmd, log, env)
 
     def _wait_for_gcs(self, proc: subprocess.Popen, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -180,6 +192,8 @@ class LocalCluster:
                 ray.shutdown()
         except Exception:  # the cluster is being torn down either way
             pass
+        if self.info.metrics_targets_pid:
+            stop_service(self.info.metrics_targets_pid, runs_metrics_targets(self.info.temp_dir))
         # only while the recorded PID still runs this cluster's `ray start` (`paliserve down` reads
         # it from cluster.json: after a reboot it may be another process's)
         stop_process_tree(self.info.pid, is_ours=runs_ray_start(self.info.temp_dir))
@@ -207,6 +221,22 @@ def runs_ray_start(temp_dir: str):
         except psutil.Error:
             return False
         return "start" in cmdline and flag in cmdline
+
+    return is_ours
+
+
+def runs_metrics_targets(temp_dir: str):
+    """A predicate for `stop_service`: the process runs serve.metrics_targets for the cluster of `temp_dir`."""
+    flag = f"--temp-dir={temp_dir}"
+
+    def is_ours(proc) -> bool:
+        import psutil
+
+        try:
+            cmdline = proc.cmdline()
+        except psutil.Error:
+            return False
+        return "serve.metrics_targets" in cmdline and flag in cmdline
 
     return is_ours
 

@@ -79,7 +79,7 @@ def step_stack(model_dir, num_gpus: float = 1, gpu_share: float = 0.5):
     assert binary, "the prometheus binary is missing: apt-get install -y prometheus"
     prometheus = LocalPrometheus(binary, port=free_port(), scrape_interval_s=1)
     plan = step_plan(model_dir, prometheus.url, gpu_share=gpu_share)
-    cluster = LocalCluster(http_port=free_port(), num_gpus=num_gpus, dashboard=True,
+    cluster = LocalCluster(http_port=free_port(), num_gpus=num_gpus, metrics_targets=True,
                            env={"RAY_PROMETHEUS_HOST": prometheus.url})  # fmt: skip
     info = cluster.start()
     try:
