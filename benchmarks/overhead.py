@@ -13,7 +13,14 @@ and behind Serve's Python proxy instead of HAProxy. Prints p50/p95 latency at co
 requests/s and tokens/s at concurrency 16, the ratios against vLLM's server (the baseline a
 user would otherwise pick), and a machine-speed control before each setup.
 
-    .venv/bin/python benchmarks/overhead.py [--rounds 3] [--seconds 20] [--only vllm --only paliserve]
+With `--starts N` every setup is started N times, the setups taking turns (vLLM, paliserve,
+vLLM, paliserve, ...): on these 2 cores one start-up of the same server was seen to serve 23%
+more than the next (vLLM's CPU worker pins itself to a core and polls there, and where the other
+processes land differs from one start to the next), so a ratio from one start of each is weaker
+than the difference it measures. The figures are medians over the starts; the ratios are given
+per start (each setup against vLLM's server of the same turn) and as the ratio of the medians.
+
+    .venv/bin/python benchmarks/overhead.py [--starts 3] [--rounds 3] [--seconds 20] [--only vllm --only paliserve]
 """
 
 from __future__ import annotations
@@ -298,9 +305,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--only", choices=SETUPS, action="append")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--starts", type=int, default=1, help="start every setup this many times, taking turns")
     opts = parser.parse_args()
     only = set(opts.only or SETUPS)
-    results, speeds, failed = {}, {}, {}
+    runs: dict[str, list[dict]] = {}
+    speeds: dict[str, list[float]] = {}
+    failed = {}
     setups = {
         "inprocess": ("engine in-process (no HTTP)", "in this process"),
         "vllm": ("vLLM OpenAI server", f"`vllm serve` (api_server), {STARTED}"),
@@ -313,53 +323,90 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="paliserve-bench-") as tmp:
         workdir = Path(tmp)
         model_dir = build_tiny_model(workdir / "tiny-paligemma")
-        for key in SETUPS:
-            if key not in only:
-                continue
-            name, how = setups[key]
-            speeds[name] = machine_speed()
-            print(f"== {name}: {how}; machine-speed control {speeds[name]:.3f} s", file=sys.stderr, flush=True)
-            try:
-                if key == "inprocess":
-                    results[name] = asyncio.run(in_process(model_dir, opts.rounds, opts.seconds))
-                elif key == "vllm":
-                    results[name] = vllm_server(model_dir, opts.rounds, opts.seconds, workdir)
-                else:
-                    results[name] = paliserve_stack(
-                        model_dir, opts.rounds, opts.seconds, workdir, colocate=key != "separate",
-                        haproxy=key != "pyproxy", tenant=key == "tenant", quotas=key == "quotas",
-                    )  # fmt: skip
-            except RuntimeError as exc:  # a setup that fails to start is reported; the others still count
-                failed[name] = str(exc).splitlines()[0][:200]
-                print(f"== {name} FAILED: {exc}", file=sys.stderr, flush=True)
+        for turn in range(1, opts.starts + 1):
+            for key in SETUPS:
+                name, how = setups[key]
+                if key not in only or name in failed:
+                    continue
+                speed = machine_speed()
+                speeds.setdefault(name, []).append(speed)
+                print(f"== start {turn}/{opts.starts}, {name}: {how}; machine-speed control {speed:.3f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                try:
+                    if key == "inprocess":
+                        result = asyncio.run(in_process(model_dir, opts.rounds, opts.seconds))
+                    elif key == "vllm":
+                        result = vllm_server(model_dir, opts.rounds, opts.seconds, workdir)
+                    else:
+                        result = paliserve_stack(
+                            model_dir, opts.rounds, opts.seconds, workdir, colocate=key != "separate",
+                            haproxy=key != "pyproxy", tenant=key == "tenant", quotas=key == "quotas",
+                        )  # fmt: skip
+                except RuntimeError as exc:  # a setup that fails to start is reported; the others still count
+                    failed[name] = str(exc).splitlines()[0][:200]
+                    print(f"== {name} FAILED: {exc}", file=sys.stderr, flush=True)
+                    continue
+                runs.setdefault(name, []).append(result)
+                print(f"   {result['req_per_s']:.1f} req/s, p50 {result['p50_ms']:.1f} ms", file=sys.stderr, flush=True)
+    results = {name: combined(each) for name, each in runs.items()}
     print("\nEvery server " + STARTED + "; one client (httpx, this process) for all.")
-    print("machine-speed control: seconds a fixed pure-Python loop took (median of 5) just before each setup started")
+    print("machine-speed control: seconds a fixed pure-Python loop took (median of 5) just before each start")
+    if opts.starts > 1:
+        print(f"each setup started {opts.starts} times, taking turns; figures are medians over the starts")
     print(f"\n{'setup':46} {'p50 ms c=1':>11} {'p95 ms c=1':>11} {'req/s c=16':>11} {'tok/s c=16':>11} {'control s':>10}")
     for name, r in results.items():
+        control = "/".join(f"{v:.3f}" for v in speeds[name])
         print(f"{name:46} {r['p50_ms']:11.1f} {r['p95_ms']:11.1f} {r['req_per_s']:11.1f} {r['tok_per_s']:11.0f} "
-              f"{speeds[name]:10.3f}")  # fmt: skip
-    print("\nCPU milliseconds per request at concurrency 16, by part of the serving path:")
+              f"{control:>10}")  # fmt: skip
+        if opts.starts > 1:
+            print(f"{'  each start':46} {_each(runs[name], 'p50_ms'):>11} {'':11} {_each(runs[name], 'req_per_s'):>11}")
+    print("\nCPU milliseconds per request at concurrency 16, by part of the serving path (mean over the starts):")
     for name, r in results.items():
         parts = sorted(r["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])
         total = sum(v for _, v in parts)
         print(f"{name:46} total {total:6.1f}: " + ", ".join(f"{p} {v:.1f}" for p, v in parts if v >= 0.05))
     for name, why in failed.items():
         print(f"{name:46} FAILED to start or serve: {why}")
-    print(f"\nCPU used with no request (cores, over {IDLE_S} s, after waiting for the stack to settle):")
+    print(f"\nCPU used with no request (cores, over {IDLE_S} s, after waiting for the stack to settle; mean over the starts):")
     for name, r in results.items():
         parts = sorted(r["idle_cores"].items(), key=lambda kv: -kv[1])
         print(f"{name:46} settled in {r['settled_s']:5.1f} s; total {sum(v for _, v in parts):5.3f}: "
               + ", ".join(f"{p} {v:.3f}" for p, v in parts if v >= 0.002))  # fmt: skip
-    base = results.get("vLLM OpenAI server")
+    base = runs.get("vLLM OpenAI server")
     for name in (OURS, TENANT, QUOTAS, SEPARATE, PYTHON_PROXY):
-        ours = results.get(name)
+        ours = runs.get(name)
         if base and ours:
-            print(
-                f"{name} / vLLM server: throughput {ours['req_per_s'] / base['req_per_s']:.2f}x (target >= 1.00x), "
-                f"p50 {ours['p50_ms'] - base['p50_ms']:+.1f} ms (target <= +5 ms)"
-            )
+            b, o = results["vLLM OpenAI server"], results[name]
+            line = (f"{name} / vLLM server: throughput {o['req_per_s'] / b['req_per_s']:.2f}x (target >= 1.00x), "
+                    f"p50 {o['p50_ms'] - b['p50_ms']:+.1f} ms (target <= +5 ms)")  # fmt: skip
+            if len(ours) > 1 or len(base) > 1:
+                pairs = list(zip(base, ours))
+                line += ("; per start " + ", ".join(f"{x['req_per_s'] / v['req_per_s']:.2f}x" for v, x in pairs)
+                         + " and " + ", ".join(f"{x['p50_ms'] - v['p50_ms']:+.1f} ms" for v, x in pairs))  # fmt: skip
+            print(line)
     if opts.json:
-        opts.json.write_text(json.dumps({"results": results, "machine_speed_s": speeds}, indent=2))
+        opts.json.write_text(json.dumps({"results": results, "starts": runs, "machine_speed_s": speeds}, indent=2))
+
+
+def combined(each: list[dict]) -> dict:
+    """One setup's starts as one: medians of the latencies and rates, means of the CPU shares."""
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in each)
+
+    def mean_parts(key: str) -> dict[str, float]:
+        parts = {p for r in each for p in r[key]}
+        return {p: sum(r[key].get(p, 0.0) for r in each) / len(each) for p in parts}
+
+    return {
+        "p50_ms": median("p50_ms"), "p95_ms": median("p95_ms"), "req_per_s": median("req_per_s"),
+        "tok_per_s": median("tok_per_s"), "cpu_ms_per_request": mean_parts("cpu_ms_per_request"),
+        "idle_cores": mean_parts("idle_cores"), "settled_s": max(r["settled_s"] for r in each),
+    }  # fmt: skip
+
+
+def _each(each: list[dict], key: str) -> str:
+    return "/".join(f"{r[key]:.0f}" if key == "req_per_s" else f"{r[key]:.1f}" for r in each)
 
 
 if __name__ == "__main__":
