@@ -3,10 +3,11 @@
 Prometheus finds Ray's metrics through a file-based service-discovery file that only Ray's
 dashboard writes (its ReportHead runs Ray's `PrometheusServiceDiscoveryWriter`). A local cluster
 uses the dashboard for nothing else, and the full dashboard is nine module processes beside its
-head (about 0.8 GB resident and 0.02 cores with no request on a 2-core machine; without it Ray
-keeps a minimal head process). This process runs that same writer of Ray's (the same file in the
-session directory, the same targets: every live node's metrics agent, the autoscaler's and the
-dashboard head's) every 5 s, and exits when the cluster's `ray start` process has ended.
+head; without it Ray keeps a minimal head. With this process instead: resident 950 -> 195 MiB,
+unique 221 -> 112 MiB, 0.020 -> 0.005 cores with no request on a 2-core machine (README). It
+runs that same writer of Ray's (the same file in the session directory, the same targets: every
+live node's metrics agent, the autoscaler's and the dashboard head's) every 5 s, and exits when
+the cluster's `ray start` process has ended.
 
     python -m serve.metrics_targets --gcs-address HOST:PORT --temp-dir DIR --watch-pid PID
 """
