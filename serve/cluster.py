@@ -211,22 +211,15 @@ def connected_to(info: ClusterInfo) -> bool:
 def runs_ray_start(temp_dir: str):
     """A predicate for `stop_process_tree`'s `is_ours`: the process runs the `ray start` of the
     cluster or node whose --temp-dir is `temp_dir` (every one of ours has a temp dir of its own)."""
-    flag = f"--temp-dir={temp_dir}"
-
-    def is_ours(proc) -> bool:
-        import psutil
-
-        try:
-            cmdline = proc.cmdline()
-        except psutil.Error:
-            return False
-        return "start" in cmdline and flag in cmdline
-
-    return is_ours
+    return _runs_with_temp_dir("start", temp_dir)
 
 
 def runs_metrics_targets(temp_dir: str):
     """A predicate for `stop_service`: the process runs serve.metrics_targets for the cluster of `temp_dir`."""
+    return _runs_with_temp_dir("serve.metrics_targets", temp_dir)
+
+
+def _runs_with_temp_dir(word: str, temp_dir: str):
     flag = f"--temp-dir={temp_dir}"
 
     def is_ours(proc) -> bool:
@@ -236,7 +229,7 @@ def runs_metrics_targets(temp_dir: str):
             cmdline = proc.cmdline()
         except psutil.Error:
             return False
-        return "serve.metrics_targets" in cmdline and flag in cmdline
+        return word in cmdline and flag in cmdline
 
     return is_ours
 
