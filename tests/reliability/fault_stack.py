@@ -289,7 +289,7 @@ def _dashboard_port(pid: int) -> int:
 def fault_stack(model_dir, replicas: int = 2, start_timeout_s: float = 400):
     """Ray (with its dashboard, for the REST deploy), then the plan's Serve config deployed."""
     port = free_port()
-    cluster = LocalCluster(http_port=port, metrics_targets=True)
+    cluster = LocalCluster(http_port=port, dashboard=True)
     info = cluster.start()
     try:
         cluster.connect()
