@@ -91,16 +91,17 @@ def chat_body(model: str) -> dict:
 # ---- load generation (one client for every setup) --------------------------------------------
 
 
-def cpu_seconds(root_pid: int | None) -> dict[str, float]:
-    """CPU seconds used so far by this process (the client) and by `root_pid` and its
+def cpu_seconds(roots: tuple[int, ...]) -> dict[str, float]:
+    """CPU seconds used so far by this process (the client) and by the processes `roots` and their
     descendants, by part of the serving path (a part's processes that exited are not counted)."""
     import psutil
 
     parts = {"client": sum(psutil.Process().cpu_times()[:2])}
-    if root_pid is None:
-        return parts
-    root = psutil.Process(root_pid)
-    for proc in [root, *root.children(recursive=True)]:
+    procs = []
+    for pid in roots:
+        root = psutil.Process(pid)
+        procs += [root, *root.children(recursive=True)]
+    for proc in procs:
         try:
             name = " ".join(proc.cmdline()) or proc.name()
             used = sum(proc.cpu_times()[:2])
@@ -121,32 +122,32 @@ def _other(proc, cmdline: str) -> str:
 
 # process markers (command line or title) -> the part of the serving path it is
 PARTS = [("haproxy", "HAProxy"), ("EngineCore", "vLLM EngineCore"), ("ServeReplica", "Serve replica (gateway+engine front)"),
-         ("vllm_cli", "vLLM API server (front end)")]  # fmt: skip
+         ("vllm_cli", "vLLM API server (front end)"), ("serve.metrics_targets", "other: metrics-targets writer")]  # fmt: skip
 
 
-async def settle(root_pid: int | None) -> float:
+async def settle(roots: tuple[int, ...]) -> float:
     """Wait (at most SETTLE_MAX_S) until the server's processes use under SETTLE_CORES with no
     request: Serve's controller was seen busy for a minute after a deployment turned healthy.
     Every setup waits the same way; returns the seconds waited."""
     start = time.perf_counter()
-    while root_pid is not None and time.perf_counter() - start < SETTLE_MAX_S:
-        before = cpu_seconds(root_pid)
+    while roots and time.perf_counter() - start < SETTLE_MAX_S:
+        before = cpu_seconds(roots)
         await asyncio.sleep(3)
-        after = cpu_seconds(root_pid)
+        after = cpu_seconds(roots)
         if sum(v - before.get(p, 0.0) for p, v in after.items() if p != "client") / 3 < SETTLE_CORES:
             break
     return time.perf_counter() - start
 
 
-async def measure(call, rounds: int, seconds: float, root_pid: int | None = None) -> dict:
-    """`call()` sends one request and returns the generated token count. With `root_pid`, also the
+async def measure(call, rounds: int, seconds: float, roots: tuple[int, ...] = ()) -> dict:
+    """`call()` sends one request and returns the generated token count. With `roots`, also the
     CPU milliseconds each part of the serving path spent per request at concurrency 16."""
-    settled_s = await settle(root_pid)
+    settled_s = await settle(roots)
     for _ in range(5):
         await call()
-    idle_before = cpu_seconds(root_pid)
+    idle_before = cpu_seconds(roots)
     await asyncio.sleep(IDLE_S)
-    idle = {p: (used - idle_before.get(p, 0.0)) / IDLE_S for p, used in cpu_seconds(root_pid).items()}
+    idle = {p: (used - idle_before.get(p, 0.0)) / IDLE_S for p, used in cpu_seconds(roots).items()}
     lat_rounds, rps_rounds, tps_rounds = [], [], []
     cpu_ms: dict[str, float] = {}
     requests_at_16 = 0
@@ -167,11 +168,11 @@ async def measure(call, rounds: int, seconds: float, root_pid: int | None = None
                 tokens += generated
                 done += 1
 
-        before = cpu_seconds(root_pid)
+        before = cpu_seconds(roots)
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(16)))
         elapsed = time.perf_counter() - start
-        after = cpu_seconds(root_pid)
+        after = cpu_seconds(roots)
         for part, used in after.items():
             cpu_ms[part] = cpu_ms.get(part, 0.0) + (used - before.get(part, 0.0)) * 1000
         requests_at_16 += done
@@ -202,11 +203,11 @@ def http_call(client: httpx.AsyncClient, url: str, body: dict):
 
 
 async def measure_http(url: str, model: str, rounds: int, seconds: float, key: str | None = None,
-                       root_pid: int | None = None) -> dict:
+                       roots: tuple[int, ...] = ()) -> dict:
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     headers = {"Authorization": f"Bearer {key}"} if key else None
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
-        return await measure(http_call(client, url, chat_body(model)), rounds, seconds, root_pid)
+        return await measure(http_call(client, url, chat_body(model)), rounds, seconds, roots)
 
 
 # ---- the three setups ------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> 
                 pass
             time.sleep(1)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        return asyncio.run(measure_http(url, "tiny-paligemma", rounds, seconds, root_pid=proc.pid))
+        return asyncio.run(measure_http(url, "tiny-paligemma", rounds, seconds, roots=(proc.pid,)))
     finally:
         stop_process_tree(proc.pid)
         log.close()
@@ -289,9 +290,11 @@ def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path,
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}")
         key = BENCH_KEY if tenant or quotas else None
-        ray_pid = json.loads((workdir / "cache" / "cluster.json").read_text())["pid"]
+        state = json.loads((workdir / "cache" / "cluster.json").read_text())
+        # Ray's processes, and the writer of Prometheus's target list that `up` starts beside them
+        roots = tuple(pid for pid in (state["pid"], state.get("metrics_targets_pid")) if pid)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        return asyncio.run(measure_http(url, "tiny-paligemma", rounds, seconds, key, root_pid=ray_pid))
+        return asyncio.run(measure_http(url, "tiny-paligemma", rounds, seconds, key, roots=roots))
     finally:
         subprocess.run([paliserve, "down"], env=env, capture_output=True, timeout=120)
 
