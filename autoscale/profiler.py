@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from paliserve.cpu_engine import cpu_engine_env
+
 from .profile import DecodePoint, PrefillPoint, Profile
 
 CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
@@ -47,6 +49,7 @@ def measure_profile(settings: ProfileSettings) -> Profile:
     if settings.on_cpu:
         for key, value in CPU_DEFAULT_ENV.items():
             os.environ.setdefault(key, value)
+        os.environ.update(cpu_engine_env(os.environ))  # as a replica runs the engine
     return asyncio.run(_measure(settings))
 
 

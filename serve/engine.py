@@ -10,6 +10,7 @@ import os
 
 from ray import serve
 
+from paliserve.cpu_engine import cpu_engine_env
 from paliserve.spec import DeploymentPlan
 from serve.errors import EngineUnavailable, InvalidRequest, retry_after
 from serve.protocol import EngineChunk, EngineRequest
@@ -75,6 +76,8 @@ class EngineReplica:
     def __init__(self, deployment: dict):
         self.plan = DeploymentPlan.model_validate(deployment)
         os.environ.update(self.plan.env)
+        if self.plan.device == "cpu":  # before vLLM reads them: the engine runs in one process (paliserve/cpu_engine.py)
+            os.environ.update(cpu_engine_env(self.plan.env))
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         from serve.batched_metrics import batched_stat_logger

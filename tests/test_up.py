@@ -44,7 +44,15 @@ def test_up_serves_the_embedded_default_until_ctrl_c(tmp_path):
         state = json.loads((tmp_path / "cache" / "cluster.json").read_text())
         ray_head = psutil.Process(state["pid"])
         started_by_up = [ray_head, *ray_head.children(recursive=True)]
-        assert any("VLLM" in p.name() or "vllm" in " ".join(p.cmdline()) for p in started_by_up if p.is_running())
+        # the CPU engine runs its model in vLLM's engine core process, on vLLM's thread count (paliserve/cpu_engine.py)
+        names = [p.name() for p in started_by_up if p.is_running()]
+        assert names.count("VLLM::EngineCore") == 1 and "VLLM::Worker" not in names, names
+        (core,) = [p for p in started_by_up if p.name() == "VLLM::EngineCore"]
+        engine_env = core.environ()
+        from autoscale.host_probe import engine_threads
+
+        threads = str(engine_threads())
+        assert (engine_env.get("VLLM_ENABLE_V1_MULTIPROCESSING"), engine_env.get("OMP_NUM_THREADS")) == ("0", threads)
 
         second = subprocess.run([PALISERVE, "up", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and "already running" in second.stderr
