@@ -13,6 +13,13 @@ and behind Serve's Python proxy instead of HAProxy. Prints p50/p95 latency at co
 requests/s and tokens/s at concurrency 16, the ratios against vLLM's server (the baseline a
 user would otherwise pick), and a machine-speed control before each setup.
 
+vLLM's server runs twice over: as a user starts it (`vllm serve`, vLLM's defaults: on CPUs a
+worker process pinned to a core beside the engine core, both spin-waiting), and with the engine
+settings paliserve's CPU replicas run (`paliserve/cpu_engine.py`: the model in the engine core
+process, on the threads vLLM gives its worker). paliserve is compared with both: the first is what a user
+would otherwise get, the second the same engine, so its ratio is what paliserve's serving path
+costs or saves.
+
 With `--starts N` every setup is started N times, the setups taking turns (vLLM, paliserve,
 vLLM, paliserve, ...): on these 2 cores one start-up of the same server was seen to serve 23%
 more than the next (vLLM's CPU worker pins itself to a core and polls there, and where the other
@@ -44,6 +51,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from paliserve.cpu_engine import cpu_engine_env  # noqa: E402
 from paliserve.local import tiny_plan  # noqa: E402
 from paliserve.tiny_model import build_tiny_model  # noqa: E402
 from serve.cluster import free_port, stop_process_tree, wait_until_healthy  # noqa: E402
@@ -62,6 +70,8 @@ BENCH_KEY = "sk-bench"
 NEVER_REFUSING = {"requests_per_min": 10_000_000, "tokens_per_min": 1_000_000_000, "max_concurrency": 10_000}
 STARTED = ("started from this process's session, in a process group of its own "
            "(serve.processes.start_service)")  # fmt: skip
+VLLM = "vLLM OpenAI server"
+VLLM_ENGINE = "vLLM OpenAI server, paliserve's CPU engine settings"
 OURS = "paliserve (HAProxy -> gateway+engine)"
 TENANT = "paliserve, one tenant (key, fair gate)"
 QUOTAS = "paliserve, one tenant with quotas"
@@ -214,11 +224,19 @@ async def measure_http(url: str, model: str, rounds: int, seconds: float, key: s
 
 
 async def in_process(model_dir: Path, rounds: int, seconds: float) -> dict:
+    """The engine as a CPU replica runs it, called in this process (the settings are read when
+    the engine starts and by its process, which inherits them; the servers started later do not)."""
     from vllm import AsyncEngineArgs, SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
     args = tiny_plan(model_dir, max_num_seqs=MAX_NUM_SEQS, max_model_len=MAX_MODEL_LEN).deployments[0].engine_args
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args.vllm_kwargs()))
+    saved = dict(os.environ)
+    os.environ.update(cpu_engine_env(os.environ))
+    try:
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args.vllm_kwargs()))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
     img = image()
 
@@ -235,7 +253,7 @@ async def in_process(model_dir: Path, rounds: int, seconds: float) -> dict:
         engine.shutdown()
 
 
-def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> dict:
+def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path, engine_env: dict[str, str]) -> dict:
     port = free_port()
     cmd = [
         sys.executable, "-m", "paliserve.vllm_cli", "serve", str(model_dir),
@@ -245,7 +263,7 @@ def vllm_server(model_dir: Path, rounds: int, seconds: float, workdir: Path) -> 
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
     log = open(workdir / "vllm-server.log", "wb")
-    proc = start_service(cmd, log)
+    proc = start_service(cmd, log, env={**os.environ, **engine_env})
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -299,7 +317,7 @@ def paliserve_stack(model_dir: Path, rounds: int, seconds: float, workdir: Path,
         subprocess.run([paliserve, "down"], env=env, capture_output=True, timeout=120)
 
 
-SETUPS = ["inprocess", "vllm", "paliserve", "tenant", "quotas", "separate", "pyproxy"]
+SETUPS = ["inprocess", "vllm", "vllm-engine", "paliserve", "tenant", "quotas", "separate", "pyproxy"]
 
 
 def main() -> None:
@@ -316,7 +334,8 @@ def main() -> None:
     failed = {}
     setups = {
         "inprocess": ("engine in-process (no HTTP)", "in this process"),
-        "vllm": ("vLLM OpenAI server", f"`vllm serve` (api_server), {STARTED}"),
+        "vllm": (VLLM, f"`vllm serve` (api_server), {STARTED}"),
+        "vllm-engine": (VLLM_ENGINE, f"`vllm serve` (api_server) with {_settings(cpu_engine_env({}))}, {STARTED}"),
         "paliserve": (OURS, f"`paliserve up --detach`, Ray {STARTED}"),
         "tenant": (TENANT, f"`paliserve up --detach`, Ray {STARTED}"),
         "quotas": (QUOTAS, f"`paliserve up --detach`, Ray and the quota store {STARTED}"),
@@ -338,8 +357,9 @@ def main() -> None:
                 try:
                     if key == "inprocess":
                         result = asyncio.run(in_process(model_dir, opts.rounds, opts.seconds))
-                    elif key == "vllm":
-                        result = vllm_server(model_dir, opts.rounds, opts.seconds, workdir)
+                    elif key in ("vllm", "vllm-engine"):
+                        engine_env = cpu_engine_env(os.environ) if key == "vllm-engine" else {}
+                        result = vllm_server(model_dir, opts.rounds, opts.seconds, workdir, engine_env)
                     else:
                         result = paliserve_stack(
                             model_dir, opts.rounds, opts.seconds, workdir, colocate=key != "separate",
@@ -375,20 +395,25 @@ def main() -> None:
         parts = sorted(r["idle_cores"].items(), key=lambda kv: -kv[1])
         print(f"{name:46} settled in {r['settled_s']:5.1f} s; total {sum(v for _, v in parts):5.3f}: "
               + ", ".join(f"{p} {v:.3f}" for p, v in parts if v >= 0.002))  # fmt: skip
-    base = runs.get("vLLM OpenAI server")
-    for name in (OURS, TENANT, QUOTAS, SEPARATE, PYTHON_PROXY):
-        ours = runs.get(name)
-        if base and ours:
-            b, o = results["vLLM OpenAI server"], results[name]
-            line = (f"{name} / vLLM server: throughput {o['req_per_s'] / b['req_per_s']:.2f}x (target >= 1.00x), "
-                    f"p50 {o['p50_ms'] - b['p50_ms']:+.1f} ms (target <= +5 ms)")  # fmt: skip
-            if len(ours) > 1 or len(base) > 1:
-                pairs = list(zip(base, ours))
-                line += ("; per start " + ", ".join(f"{x['req_per_s'] / v['req_per_s']:.2f}x" for v, x in pairs)
-                         + " and " + ", ".join(f"{x['p50_ms'] - v['p50_ms']:+.1f} ms" for v, x in pairs))  # fmt: skip
-            print(line)
+    for peer, peer_name in ((VLLM, "vLLM server"), (VLLM_ENGINE, "vLLM server with the same engine settings")):
+        base = runs.get(peer)
+        for name in (OURS, TENANT, QUOTAS, SEPARATE, PYTHON_PROXY):
+            ours = runs.get(name)
+            if base and ours:
+                b, o = results[peer], results[name]
+                line = (f"{name} / {peer_name}: throughput {o['req_per_s'] / b['req_per_s']:.2f}x (target >= 1.00x), "
+                        f"p50 {o['p50_ms'] - b['p50_ms']:+.1f} ms (target <= +5 ms)")  # fmt: skip
+                if len(ours) > 1 or len(base) > 1:
+                    pairs = list(zip(base, ours))
+                    line += ("; per start " + ", ".join(f"{x['req_per_s'] / v['req_per_s']:.2f}x" for v, x in pairs)
+                             + " and " + ", ".join(f"{x['p50_ms'] - v['p50_ms']:+.1f} ms" for v, x in pairs))  # fmt: skip
+                print(line)
     if opts.json:
         opts.json.write_text(json.dumps({"results": results, "starts": runs, "machine_speed_s": speeds}, indent=2))
+
+
+def _settings(env: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items())
 
 
 def combined(each: list[dict]) -> dict:
