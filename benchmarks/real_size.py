@@ -124,8 +124,8 @@ def engine_logs(temp_dir: str) -> str:
 
 # ---- RAM of the stack's processes ------------------------------------------------------------
 
-ROLES = (("VLLM::Worker", "engine worker"), ("VLLM::EngineCore", "engine core"), ("ServeReplica", "front end"))
-PROCESS_ROLES = ("engine worker", "engine core", "front end", "Ray")
+ROLES = (("VLLM::EngineCore", "engine"), ("ServeReplica", "front end"))  # the model runs in the engine core
+PROCESS_ROLES = ("engine", "front end", "Ray")
 
 
 def role_of(cmdline: str) -> str:

@@ -475,7 +475,7 @@ class MemoryBreakdown(StrictModel):
     total: int = Field(default=0, ge=0)
     processes: dict[str, int] = Field(
         default_factory=dict,
-        description="CPU: peak RAM of each process of one replica (engine worker, engine core, front end) "
+        description="CPU: peak RAM of each process of one replica (engine, front end) "
         "and of Ray's own processes, once per node.",
     )
 

@@ -238,7 +238,7 @@ def check_memory(plan: Plan, machine: Machine) -> list[str]:
     if cpu_parts:
         cpu_engines = sum(p.replicas * p.mem.engine for p in cpu_parts)
         cpu_ray = max(p.mem.ray for p in cpu_parts)
-        cpu_stack = sum(p.replicas * (p.mem.engine_core + p.mem.front_end) for p in cpu_parts) + cpu_ray  # besides the engine workers
+        cpu_stack = sum(p.replicas * p.mem.front_end for p in cpu_parts) + cpu_ray  # besides the engines
         total = cpu_engines + cpu_stack
         over_total = total > machine.ram_total
         over_available = cpu_engines > machine.ram_available
@@ -285,7 +285,7 @@ def _on_the_busiest_node(plan: Plan, cpu_parts: list[_CpuPart]) -> tuple[list[_C
         return [p._replace(replicas=per_node[node][p.deployment]) if p.deployment in placed else p for p in cpu_parts]
 
     def ram(parts: list[_CpuPart]) -> int:
-        return sum(p.replicas * (p.mem.engine + p.mem.engine_core + p.mem.front_end) for p in parts)
+        return sum(p.replicas * (p.mem.engine + p.mem.front_end) for p in parts)
 
     busiest = max(per_node, key=lambda node: ram(on(node)))
     parts = [p for p in on(busiest) if p.replicas > 0]

