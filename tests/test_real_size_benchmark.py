@@ -106,7 +106,7 @@ def test_errors_are_against_the_measured_figure_and_the_target():
 
 def test_the_table_puts_planner_vllm_and_measured_side_by_side():
     from autoscale.memory import GIB, cpu_serving_memory
-    from benchmarks.real_size import Sample, VllmFigures, table_rows
+    from benchmarks.real_size import Sample, table_rows
     from paliserve.random_checkpoint import catalog_architecture
 
     arch = catalog_architecture("paligemma-3b-pt-224")
