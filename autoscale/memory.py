@@ -161,7 +161,7 @@ def kv_tokens(kv_bytes: int, bytes_per_token: int, block_size: int) -> int:
 #   9.98-10.46 GiB in bfloat16, beside an engine core of 1.41); in the engine core the same model
 #   peaked at 10.35 and 10.02 GiB (2026-11-30 19:02 and 19:13), so the engine core's own 1.41 GiB
 #   did not add to it and the remainder is refitted to 1.8 GiB (0.65 bytes per parameter, the
-#   prediction 10.45 GiB: 1-4% above both);
+#   prediction 10.44 GiB: 1-4% above both; a run after the refit measured 10.35, 20:50);
 # - front end (the Serve replica: gateway and vLLM's AsyncLLM): a fixed part plus a part that grows
 #   with the vocabulary (tokenizer and processor: 0.40 GiB for Gemma's in a bare process). Fitted
 #   on the process's own peak (it reaches it while it starts, above its RSS while serving),

@@ -332,10 +332,11 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     speeds: dict[str, list[float]] = {}
     failed = {}
+    same_engine = cpu_engine_env(os.environ)  # what the shell already sets, vLLM's server inherits
     setups = {
         "inprocess": ("engine in-process (no HTTP)", "in this process"),
         "vllm": (VLLM, f"`vllm serve` (api_server), {STARTED}"),
-        "vllm-engine": (VLLM_ENGINE, f"`vllm serve` (api_server) with {_settings(cpu_engine_env({}))}, {STARTED}"),
+        "vllm-engine": (VLLM_ENGINE, f"`vllm serve` (api_server) with {_settings(same_engine)}, {STARTED}"),
         "paliserve": (OURS, f"`paliserve up --detach`, Ray {STARTED}"),
         "tenant": (TENANT, f"`paliserve up --detach`, Ray {STARTED}"),
         "quotas": (QUOTAS, f"`paliserve up --detach`, Ray and the quota store {STARTED}"),
@@ -358,7 +359,7 @@ def main() -> None:
                     if key == "inprocess":
                         result = asyncio.run(in_process(model_dir, opts.rounds, opts.seconds))
                     elif key in ("vllm", "vllm-engine"):
-                        engine_env = cpu_engine_env(os.environ) if key == "vllm-engine" else {}
+                        engine_env = same_engine if key == "vllm-engine" else {}
                         result = vllm_server(model_dir, opts.rounds, opts.seconds, workdir, engine_env)
                     else:
                         result = paliserve_stack(

@@ -4,9 +4,9 @@ vLLM's CPU backend runs the model in a worker process of its own, beside its eng
 The worker binds itself to the cores vLLM picks (all but one, chosen without regard to Ray's CPU
 accounting: every replica on a node picks the same cores), and both processes spin-wait on each
 other between messages (`sched_yield`), so a replica keeps about a tenth of a core busy with no
-request, and under load the spinning takes the cycles the front end needs. On a 2-core machine the
-tiny model's requests cost 19 ms of CPU each that way and 11 ms without it (benchmarks/overhead.py,
-README Benchmarks).
+request, and under load the spinning takes the cycles the front end needs. On a 2-core machine
+vLLM's own server spent 14.3-15.0 ms of CPU on each of the tiny model's requests that way and
+9.9-10.1 ms without it (benchmarks/overhead.py runs 8-10, README Benchmarks).
 
 With vLLM's multiprocessing off, its CPU platform keeps the single-process executor, as on one
 GPU: the model runs inside the engine core process (AsyncLLM still starts that process apart from
